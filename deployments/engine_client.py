@@ -1,0 +1,59 @@
+"""The ingress's view of the LLM-server deployment: a streaming handle with errors mapped."""
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+
+from ray.exceptions import RayActorError, RayTaskError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.handle import DeploymentHandle
+
+from deployments.errors import OpenAIError, internal_error, service_unavailable
+from deployments.generation import GenerateRequest, GenerationChunk, ModelInfo
+
+
+class EngineClient:
+    """Calls LLMServer replicas; every failure comes out as an `OpenAIError`."""
+
+    def __init__(self, handle: DeploymentHandle) -> None:
+        self._handle = handle
+        self._stream_handle = handle.options(stream=True)
+        self._info: ModelInfo | None = None
+        self._info_lock = asyncio.Lock()
+
+    async def model_info(self) -> ModelInfo:
+        """The engine's limits, asked once of any replica and cached."""
+        if self._info is None:
+            async with self._info_lock:
+                if self._info is None:
+                    with _openai_errors():
+                        self._info = await self._handle.model_info.remote()
+        return self._info
+
+    async def stream(self, request: GenerateRequest) -> AsyncIterator[GenerationChunk]:
+        """Yield the request's chunks; leaving early cancels the request in the engine."""
+        response = self._stream_handle.generate.remote(request)
+        finished = False
+        try:
+            with _openai_errors():
+                async for chunk in response:
+                    yield chunk
+            finished = True
+        finally:
+            if not finished:
+                response.cancel()
+
+
+@contextlib.contextmanager
+def _openai_errors() -> Iterator[None]:
+    """Re-raise the LLM server's own `OpenAIError`s as they were; map Ray's failures."""
+    try:
+        yield
+    except RayTaskError as exc:
+        if isinstance(exc.cause, OpenAIError):
+            raise exc.cause from None
+        raise internal_error(f"Generation failed: {type(exc.cause).__name__}") from exc
+    except BackPressureError as exc:
+        raise service_unavailable("The model is at capacity; retry shortly.") from exc
+    except (RayActorError, DeploymentUnavailableError) as exc:
+        raise service_unavailable("The model replica for this request is unavailable.") from exc

@@ -1,0 +1,71 @@
+"""Prompt rendering in the ingress: chat template and tokenization, then context-length checks."""
+
+from collections.abc import Sequence
+
+from jinja2 import TemplateError
+from transformers import AutoTokenizer
+
+from deployments.errors import invalid_request
+from deployments.protocol import ChatMessage, CompletionRequest
+
+# Templates know system/user/assistant; OpenAI's newer `developer` role is a system message.
+_TEMPLATE_ROLES = {"developer": "system"}
+
+
+class PromptRenderer:
+    """Turns OpenAI messages or prompts into the token ids the engine receives."""
+
+    def __init__(self, tokenizer_path: str) -> None:
+        self._tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+
+    def chat(self, messages: Sequence[ChatMessage]) -> list[int]:
+        """Apply the model's chat template, ready for the assistant's answer."""
+        if not self._tokenizer.chat_template:
+            raise invalid_request("This model has no chat template; use /v1/completions.")
+        conversation = [
+            {"role": _TEMPLATE_ROLES.get(m.role, m.role), "content": m.text()} for m in messages
+        ]
+        try:
+            text = self._tokenizer.apply_chat_template(
+                conversation, add_generation_prompt=True, tokenize=False
+            )
+        except TemplateError as exc:
+            message = f"The chat template rejected the messages: {exc}"
+            raise invalid_request(message, "messages") from None
+        return self._tokenizer.encode(text, add_special_tokens=False)
+
+    def completion(self, request: CompletionRequest) -> list[list[int]]:
+        """One token-id list per prompt of a text completion request."""
+        value = request.prompt
+        if isinstance(value, str):
+            return [self._encode(value)]
+        if all(isinstance(item, int) for item in value):
+            return [list(value)]
+        return [self._encode(item) if isinstance(item, str) else list(item) for item in value]
+
+    def _encode(self, text: str) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=True)
+
+
+def resolve_max_tokens(
+    prompt_len: int, requested: int | None, max_model_len: int, prompt_param: str
+) -> int:
+    """The completion budget: as requested if it fits the context, else a 400 naming the cause."""
+    if prompt_len >= max_model_len:
+        raise invalid_request(
+            f"This model's maximum context length is {max_model_len} tokens, "
+            f"but the prompt has {prompt_len} tokens.",
+            prompt_param,
+            "context_length_exceeded",
+        )
+    if requested is None:
+        return max_model_len - prompt_len
+    if prompt_len + requested > max_model_len:
+        raise invalid_request(
+            f"This model's maximum context length is {max_model_len} tokens. However, you "
+            f"requested {prompt_len + requested} tokens ({prompt_len} in the prompt, {requested} "
+            "for the completion). Reduce the prompt or max_tokens.",
+            "max_tokens",
+            "context_length_exceeded",
+        )
+    return requested

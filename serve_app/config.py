@@ -1,0 +1,74 @@
+"""The application's configuration: serve_config.yaml `args`, then environment overrides."""
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+
+from serve_app.constants import (
+    DEFAULT_CPU_KVCACHE_GIB,
+    DEFAULT_MODEL_ID,
+    ENV_MODEL_NAME,
+    ENV_SERVED_MODEL_NAME,
+    ENV_TENSOR_PARALLEL_SIZE,
+)
+
+Accelerator = Literal["auto", "cpu", "gpu"]
+
+
+class AppConfig(BaseModel):
+    """Arguments of the application builder (`serve_app.app:build_app`)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), frozen=True)
+
+    model: str = Field(
+        DEFAULT_MODEL_ID,
+        description="Hugging Face id or local path (the default id: the bundled GGUF).",
+    )
+    served_model_name: str | None = Field(
+        None, description="Name clients pass as `model`; defaults to `model`."
+    )
+    tokenizer: str | None = Field(
+        None, description="Tokenizer id or path; defaults to the model's."
+    )
+    tensor_parallel_size: PositiveInt = 1
+    max_model_len: PositiveInt | None = Field(
+        None, description="Context length; defaults to the model's."
+    )
+    accelerator: Accelerator = Field(
+        "auto", description="auto: GPU when the Ray cluster has GPUs, else vLLM's CPU backend."
+    )
+    placement_strategy: Literal["STRICT_PACK", "PACK"] = Field(
+        "STRICT_PACK",
+        description="Placement of a tensor-parallel replica's GPUs: one node, or across nodes.",
+    )
+    fail_fast_on_missing_gpus: bool = Field(
+        True,
+        description="Refuse to deploy when no node has tensor_parallel_size GPUs free "
+        "(turn off on clusters whose autoscaler adds GPU nodes on demand).",
+    )
+    cpu_kvcache_gib: PositiveFloat = Field(
+        DEFAULT_CPU_KVCACHE_GIB, description="KV-cache memory per replica on the CPU backend."
+    )
+    warmup: bool = Field(True, description="Run one request before a replica reports ready.")
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Extra vLLM AsyncEngineArgs, applied last."
+    )
+
+    @property
+    def served_name(self) -> str:
+        return self.served_model_name or self.model
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, Any], env: Mapping[str, str]) -> "AppConfig":
+        """Validate builder args, letting the guide's environment variables override them."""
+        merged = {key: value for key, value in args.items() if value is not None}
+        if model := env.get(ENV_MODEL_NAME):
+            merged["model"] = model
+            merged.pop("served_model_name", None)
+            merged.pop("tokenizer", None)
+        if served := env.get(ENV_SERVED_MODEL_NAME):
+            merged["served_model_name"] = served
+        if tp := env.get(ENV_TENSOR_PARALLEL_SIZE):
+            merged["tensor_parallel_size"] = tp
+        return cls.model_validate(merged)

@@ -1,0 +1,95 @@
+"""`python -m serve_app serve`: what `serve run serve_config.yaml` does, plus PORT and fail-fast.
+
+It validates the config, applies PORT to http_options, starts (or joins) Ray and Serve,
+deploys the applications, then waits: it exits non-zero with Serve's message as soon as an
+application fails to deploy, and shuts Serve down on SIGINT/SIGTERM.
+"""
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import ray
+import yaml
+from ray import serve
+from ray.serve._private import api as serve_api
+from ray.serve.schema import ServeDeploySchema
+
+from serve_app.constants import ENV_PORT
+
+_POLL_SECONDS = 1.0
+
+
+class DeployFailedError(RuntimeError):
+    """An application reached DEPLOY_FAILED; the message is Serve's."""
+
+
+def load_deploy_config(path: Path, env: Mapping[str, str]) -> ServeDeploySchema:
+    """Read serve_config.yaml; PORT overrides http_options.port."""
+    raw: dict[str, Any] = yaml.safe_load(path.read_text())
+    if port := env.get(ENV_PORT):
+        raw.setdefault("http_options", {})["port"] = int(port)
+    return ServeDeploySchema.model_validate(raw)
+
+
+def deploy(config: ServeDeploySchema) -> None:
+    """Start Serve with the config's HTTP options on the connected Ray cluster, then deploy."""
+    client = serve_api.serve_start(
+        http_options=config.http_options.model_dump(),
+        proxy_location=config.proxy_location,
+        grpc_options=config.grpc_options.model_dump(),
+        controller_options=config.controller_options,
+    )
+    client.deploy_apps(config, _blocking=False)
+
+
+def app_states(names: list[str]) -> dict[str, tuple[str, str]]:
+    """(status, message) of each named application; NOT_STARTED until Serve knows it."""
+    apps = serve.status().applications
+    return {
+        name: (apps[name].status, apps[name].message) if name in apps else ("NOT_STARTED", "")
+        for name in names
+    }
+
+
+def wait_until_running(names: list[str], timeout_s: float = float("inf")) -> None:
+    """Block until every application is RUNNING; raise as soon as one fails to deploy."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        states = app_states(names)
+        for name, (status, message) in states.items():
+            if status == "DEPLOY_FAILED":
+                raise DeployFailedError(f"Application '{name}' failed to deploy:\n{message}")
+        if all(status == "RUNNING" for status, _ in states.values()):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Applications not running after {timeout_s:.0f}s: {states}")
+        time.sleep(_POLL_SECONDS)
+
+
+def run(path: Path) -> int:
+    """Deploy and block; the exit code says whether every application kept running."""
+    config = load_deploy_config(path, os.environ)
+    ray.init(address=os.environ.get("RAY_ADDRESS"), namespace="serve")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    names = [app.name for app in config.applications]
+    try:
+        deploy(config)
+        wait_until_running(names)
+        print(
+            f"Serving on http://{config.http_options.host}:{config.http_options.port}", flush=True
+        )
+        while True:
+            for name, (status, message) in app_states(names).items():
+                if status in ("DEPLOY_FAILED", "UNHEALTHY"):
+                    print(f"Application '{name}' is {status}:\n{message}", flush=True)
+            time.sleep(10 * _POLL_SECONDS)
+    except DeployFailedError as exc:
+        print(exc, file=sys.stderr, flush=True)
+        return 1
+    finally:
+        serve.shutdown()

@@ -1,0 +1,57 @@
+"""One real deployment per test session: Ray + Serve + vLLM (CPU) + the default model.
+
+The app is deployed from the shipped serve_config.yaml, exactly as `python -m serve_app
+serve` does, on a free port.
+"""
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import ray
+from ray import serve
+
+from serve_app.constants import DEFAULT_MODEL_ID
+from serve_app.runner import deploy, load_deploy_config, wait_until_running
+
+REPO = Path(__file__).resolve().parents[2]
+STARTUP_TIMEOUT_S = 600
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def base_url() -> Iterator[str]:
+    port = _free_port()
+    config = load_deploy_config(REPO / "serve_config.yaml", {"PORT": str(port)})
+    ray.init(namespace="serve", include_dashboard=False)
+    try:
+        deploy(config)
+        wait_until_running([app.name for app in config.applications], STARTUP_TIMEOUT_S)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def model() -> str:
+    return DEFAULT_MODEL_ID
+
+
+@pytest.fixture(scope="session")
+def client(base_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def http(base_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=base_url, timeout=120) as client:
+        yield client

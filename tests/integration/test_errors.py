@@ -1,0 +1,144 @@
+"""Bad requests get OpenAI-shaped errors with the right status, type and param."""
+
+import httpx
+import pytest
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def assert_error(response: httpx.Response, status: int, param: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"]
+    assert error["type"] == ("invalid_request_error" if status in (400, 404) else error["type"])
+    if param is not None:
+        assert error["param"] == param
+    return error
+
+
+def chat(http: httpx.Client, model: str, **fields: object) -> httpx.Response:
+    return http.post("/v1/chat/completions", json={"model": model, "messages": QUESTION, **fields})
+
+
+def test_malformed_json_is_400(http: httpx.Client) -> None:
+    response = http.post(
+        "/v1/chat/completions", content=b'{"model": ', headers={"Content-Type": "application/json"}
+    )
+    assert assert_error(response, 400)["code"] == "invalid_json"
+
+
+def test_missing_body_is_400(http: httpx.Client) -> None:
+    assert_error(http.post("/v1/completions"), 400)
+
+
+def test_missing_messages_is_400(http: httpx.Client, model: str) -> None:
+    assert_error(http.post("/v1/chat/completions", json={"model": model}), 400, "messages")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("temperature", "hot"), ("max_tokens", "many"), ("n", [1]), ("stream", "maybe"), ("stop", 3)],
+)
+def test_wrong_types_are_400_naming_the_param(
+    http: httpx.Client, model: str, field: str, value: object
+) -> None:
+    error = assert_error(chat(http, model, **{field: value}), 400)
+    assert error["param"].split(".")[0] == field
+
+
+def test_wrong_message_shape_is_400(http: httpx.Client, model: str) -> None:
+    response = http.post(
+        "/v1/chat/completions",
+        json={"model": model, "messages": [{"role": "wizard", "content": "hi"}]},
+    )
+    assert assert_error(response, 400)["param"].startswith("messages.0")
+
+
+def test_unknown_model_is_404(http: httpx.Client) -> None:
+    error = assert_error(chat(http, "gpt-nonexistent"), 404, "model")
+    assert error["code"] == "model_not_found"
+
+
+def test_unknown_model_on_completions_is_404(http: httpx.Client) -> None:
+    response = http.post("/v1/completions", json={"model": "nope", "prompt": "hi"})
+    assert assert_error(response, 404, "model")["code"] == "model_not_found"
+
+
+def test_max_tokens_beyond_the_context_is_400(http: httpx.Client, model: str) -> None:
+    error = assert_error(chat(http, model, max_tokens=10_000_000), 400, "max_tokens")
+    assert error["code"] == "context_length_exceeded"
+
+
+def test_prompt_longer_than_the_context_is_400(http: httpx.Client, model: str) -> None:
+    max_len = http.get("/v1/models").json()["data"][0]["max_model_len"]
+    prompt = "hello " * (max_len + 10)
+    response = http.post("/v1/completions", json={"model": model, "prompt": prompt})
+    assert assert_error(response, 400, "prompt")["code"] == "context_length_exceeded"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("temperature", -0.5),
+        ("temperature", 2.5),
+        ("top_p", 0),
+        ("top_p", 1.5),
+        ("n", 0),
+        ("max_tokens", 0),
+        ("presence_penalty", 3),
+        ("frequency_penalty", -3),
+        ("top_logprobs", 50),
+        ("stop", ["x"] * 17),
+    ],
+)
+def test_invalid_sampling_values_are_400(
+    http: httpx.Client, model: str, field: str, value: object
+) -> None:
+    extra = {"logprobs": True} if field == "top_logprobs" else {}
+    error = assert_error(chat(http, model, **{field: value}, **extra), 400)
+    assert error["param"].split(".")[0] == field
+
+
+def test_several_greedy_choices_are_400(http: httpx.Client, model: str) -> None:
+    assert_error(chat(http, model, n=2, temperature=0), 400, "temperature")
+
+
+def test_top_logprobs_without_logprobs_is_400(http: httpx.Client, model: str) -> None:
+    assert_error(chat(http, model, top_logprobs=2), 400, "top_logprobs")
+
+
+def test_stream_options_without_stream_is_400(http: httpx.Client, model: str) -> None:
+    assert_error(chat(http, model, stream_options={"include_usage": True}), 400, "stream_options")
+
+
+def test_unsupported_argument_is_400_naming_it(http: httpx.Client, model: str) -> None:
+    error = assert_error(chat(http, model, tools=[]), 400, "tools")
+    assert "Unrecognized request argument" in error["message"]
+
+
+def test_out_of_vocabulary_token_is_400_from_the_engine(http: httpx.Client, model: str) -> None:
+    response = http.post(
+        "/v1/completions", json={"model": model, "prompt": [10_000_000], "max_tokens": 2}
+    )
+    assert_error(response, 400)
+
+
+def test_out_of_vocabulary_token_while_streaming_is_400(http: httpx.Client, model: str) -> None:
+    response = http.post(
+        "/v1/completions",
+        json={"model": model, "prompt": [10_000_000], "max_tokens": 2, "stream": True},
+    )
+    assert_error(response, 400)
+
+
+def test_unknown_route_is_an_openai_404(http: httpx.Client) -> None:
+    response = http.get("/v1/engines")
+    assert response.status_code == 404
+    assert response.json()["error"]["type"] == "not_found_error"
+
+
+def test_wrong_method_is_405(http: httpx.Client) -> None:
+    response = http.get("/v1/chat/completions")
+    assert response.status_code == 405
+    assert "error" in response.json()

@@ -1,0 +1,40 @@
+"""vLLM engine arguments derived from the app config."""
+
+from deployments.engine_args import build_engine_kwargs
+from serve_app.config import AppConfig
+
+
+def config(**kwargs: object) -> AppConfig:
+    return AppConfig.model_validate({"model": "org/model", **kwargs})
+
+
+def test_cpu_engine_runs_eager_single_process() -> None:
+    kwargs = build_engine_kwargs(config(), "cpu")
+    assert kwargs["enforce_eager"] is True
+    assert kwargs["model"] == kwargs["tokenizer"] == "org/model"
+    assert "distributed_executor_backend" not in kwargs
+    assert "max_model_len" not in kwargs
+
+
+def test_gpu_engine_keeps_cuda_graphs() -> None:
+    assert "enforce_eager" not in build_engine_kwargs(config(), "gpu")
+
+
+def test_tensor_parallel_engine_uses_the_ray_executor() -> None:
+    kwargs = build_engine_kwargs(config(tensor_parallel_size=2), "gpu")
+    assert kwargs["tensor_parallel_size"] == 2
+    assert kwargs["distributed_executor_backend"] == "ray"
+
+
+def test_engine_kwargs_win_over_defaults() -> None:
+    cfg = config(engine_kwargs={"enforce_eager": False, "load_format": "dummy"}, max_model_len=512)
+    kwargs = build_engine_kwargs(cfg, "cpu")
+    assert kwargs["enforce_eager"] is False
+    assert kwargs["load_format"] == "dummy"
+    assert kwargs["max_model_len"] == 512
+
+
+def test_served_name_and_tokenizer_are_passed() -> None:
+    kwargs = build_engine_kwargs(config(served_model_name="chat", tokenizer="org/tok"), "gpu")
+    assert kwargs["served_model_name"] == "chat"
+    assert kwargs["tokenizer"] == "org/tok"

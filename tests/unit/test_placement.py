@@ -1,0 +1,61 @@
+"""Replica placement: CPU, one GPU, tensor-parallel bundles, and the fail-fast GPU check."""
+
+import pytest
+
+from serve_app.config import AppConfig
+from serve_app.placement import (
+    InsufficientGPUsError,
+    check_gpu_capacity,
+    plan_placement,
+    resolve_accelerator,
+)
+
+
+def config(**kwargs: object) -> AppConfig:
+    return AppConfig.model_validate(kwargs)
+
+
+def test_auto_accelerator_follows_cluster_gpus() -> None:
+    assert resolve_accelerator(config(), cluster_gpus=0) == "cpu"
+    assert resolve_accelerator(config(), cluster_gpus=2) == "gpu"
+    assert resolve_accelerator(config(accelerator="cpu"), cluster_gpus=8) == "cpu"
+
+
+def test_cpu_replica_reserves_one_cpu_and_no_gpu() -> None:
+    options = plan_placement(config(), "cpu").deployment_options()
+    assert options == {"ray_actor_options": {"num_cpus": 1}}
+
+
+def test_single_gpu_replica_reserves_one_gpu() -> None:
+    options = plan_placement(config(), "gpu").deployment_options()
+    assert options["ray_actor_options"]["num_gpus"] == 1
+    assert "placement_group_bundles" not in options
+
+
+def test_tensor_parallel_replica_gets_one_gpu_bundle_per_worker() -> None:
+    options = plan_placement(config(tensor_parallel_size=4), "gpu").deployment_options()
+    bundles = options["placement_group_bundles"]
+    assert [b.get("GPU") for b in bundles] == [1, 1, 1, 1]
+    assert bundles[0]["CPU"] == 1
+    assert options["ray_actor_options"] == {"num_cpus": 1, "num_gpus": 0}
+    assert options["placement_group_strategy"] == "STRICT_PACK"
+
+
+def test_pack_strategy_is_passed_through() -> None:
+    cfg = config(tensor_parallel_size=2, placement_strategy="PACK")
+    assert plan_placement(cfg, "gpu").placement_group_strategy == "PACK"
+
+
+def test_capacity_check_refuses_tp_beyond_free_gpus() -> None:
+    with pytest.raises(InsufficientGPUsError, match="needs 2 free GPUs, but only 1 are free"):
+        check_gpu_capacity(config(tensor_parallel_size=2), free_gpus=1, gpus_per_node=[2])
+
+
+def test_capacity_check_refuses_strict_pack_beyond_largest_node() -> None:
+    with pytest.raises(InsufficientGPUsError, match="on one node"):
+        check_gpu_capacity(config(tensor_parallel_size=4), free_gpus=4, gpus_per_node=[2, 2])
+
+
+def test_capacity_check_accepts_pack_across_nodes() -> None:
+    cfg = config(tensor_parallel_size=4, placement_strategy="PACK")
+    check_gpu_capacity(cfg, free_gpus=4, gpus_per_node=[2, 2])
