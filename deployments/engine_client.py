@@ -9,7 +9,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from deployments.errors import OpenAIError, internal_error, service_unavailable
-from deployments.generation import GenerateRequest, GenerationChunk, ModelInfo
+from deployments.generation import EngineStats, GenerateRequest, GenerationChunk, ModelInfo
 
 
 class EngineClient:
@@ -29,6 +29,11 @@ class EngineClient:
                     with _openai_errors():
                         self._info = await self._handle.model_info.remote()
         return self._info
+
+    async def engine_stats(self) -> EngineStats:
+        """Resources of one engine replica (whichever the router picks)."""
+        with _openai_errors():
+            return await self._handle.engine_stats.remote()
 
     async def stream(self, request: GenerateRequest) -> AsyncIterator[GenerationChunk]:
         """Yield the request's chunks; leaving early cancels the request in the engine."""

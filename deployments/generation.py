@@ -1,5 +1,6 @@
 """What the ingress and the LLM server exchange: engine-neutral, HTTP-free payloads."""
 
+import time
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -35,6 +36,9 @@ class GenerateRequest(BaseModel):
     request_id: str
     prompt_token_ids: list[int]
     sampling: SamplingSpec
+    dispatched_at: float = Field(
+        default_factory=time.time, description="Unix time the ingress sent it (queue wait)."
+    )
 
 
 class TopLogprob(BaseModel):
@@ -73,3 +77,21 @@ class ModelInfo(BaseModel):
     tensor_parallel_size: int
     accelerator: Literal["cpu", "gpu"]
     max_logprobs: int
+
+
+class EngineStats(BaseModel):
+    """An engine replica's resources, for GET /metrics in JSON."""
+
+    accelerator: Literal["cpu", "gpu"]
+    tensor_parallel_size: int
+    max_model_len: int
+    kv_cache_tokens: int
+    cpu_kvcache_gib: float | None
+    gpu_name: str | None = None
+    gpu_count: int | None = None
+    gpu_memory_allocated_gb: float | None = Field(None, description="In use on its GPUs now.")
+    gpu_memory_reserved_gb: float | None = Field(
+        None, description="What vLLM may take: gpu_memory_utilization x total."
+    )
+    gpu_memory_total_gb: float | None = None
+    gpu_memory_scope: Literal["replica", "node"] | None = None

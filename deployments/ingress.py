@@ -1,13 +1,15 @@
 """The OpenAI ingress deployment: FastAPI wiring of the OpenAI routes to the services.
 
 Request path: parse and validate (pydantic) -> render the prompt -> route to an LLM-server
-replica through a streaming handle -> JSON or SSE. Every error leaves as an OpenAI error body.
+replica through a streaming handle -> JSON or SSE. Every error leaves as an OpenAI error
+body; every request is counted by HTTPMetricsMiddleware.
 """
 
+import asyncio
 import logging
 import time
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
@@ -17,6 +19,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from deployments.engine_client import EngineClient
 from deployments.errors import OpenAIError, internal_error, invalid_request
 from deployments.health import ReplicaHealth
+from deployments.metrics import UNMATCHED_ROUTE, HTTPMetricsMiddleware, IngressMetrics
+from deployments.prometheus import PROMETHEUS_CONTENT_TYPE, NodeMetrics
 from deployments.prompts import PromptRenderer
 from deployments.protocol import (
     ChatCompletion,
@@ -24,6 +28,7 @@ from deployments.protocol import (
     Completion,
     CompletionRequest,
     Health,
+    MetricsSummary,
     ModelCard,
     ModelList,
 )
@@ -31,56 +36,70 @@ from deployments.serving import primed
 from deployments.serving_chat import ChatService
 from deployments.serving_completion import CompletionService
 from serve_app.config import AppConfig
-from serve_app.constants import INGRESS_DEPLOYMENT
+from serve_app.constants import (
+    CHAT_ROUTE,
+    COMPLETIONS_ROUTE,
+    HEALTH_ROUTE,
+    INGRESS_DEPLOYMENT,
+    METRICS_ROUTE,
+    MODELS_ROUTE,
+)
 from serve_app.default_model import resolve_model
 
 logger = logging.getLogger("ray.serve")
 
 app = FastAPI(title="vLLM on Ray Serve", summary="OpenAI-compatible LLM serving")
+app.add_middleware(HTTPMetricsMiddleware, tracked_paths=(CHAT_ROUTE, COMPLETIONS_ROUTE))
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def _error_response(error: OpenAIError) -> JSONResponse:
+def _error_response(request: Request, error: OpenAIError) -> JSONResponse:
+    metrics: IngressMetrics | None = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        route = getattr(request.scope.get("route"), "path", UNMATCHED_ROUTE)
+        metrics.record_error(route, error.type)
     return JSONResponse(error.response_body().model_dump(), status_code=error.status_code)
 
 
 @app.exception_handler(OpenAIError)
-async def _openai_error(_: Request, exc: OpenAIError) -> JSONResponse:
-    return _error_response(exc)
+async def _openai_error(request: Request, exc: OpenAIError) -> JSONResponse:
+    return _error_response(request, exc)
 
 
 @app.exception_handler(RequestValidationError)
-async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-    return _error_response(_describe_validation_error(exc))
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return _error_response(request, _describe_validation_error(exc))
 
 
 @app.exception_handler(StarletteHTTPException)
-async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     error_type = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-    return _error_response(OpenAIError(str(exc.detail), exc.status_code, error_type))
+    return _error_response(request, OpenAIError(str(exc.detail), exc.status_code, error_type))
 
 
 @app.exception_handler(Exception)
-async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("Unhandled error in the ingress")
-    return _error_response(internal_error(f"Internal error: {type(exc).__name__}"))
+    return _error_response(request, internal_error(f"Internal error: {type(exc).__name__}"))
 
 
 def _describe_validation_error(exc: RequestValidationError) -> OpenAIError:
     """The first problem, phrased for a client, with the offending parameter's path."""
     first = exc.errors()[0]
     location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    param = ".".join(location) or None
     if first.get("type") == "json_invalid":
         return invalid_request("The request body is not valid JSON.", None, "invalid_json")
     if first.get("type") == "extra_forbidden":
-        return invalid_request(
-            f"Unrecognized request argument supplied: {'.'.join(location)}", ".".join(location)
-        )
+        return invalid_request(f"Unrecognized request argument supplied: {param}", param)
     if first.get("type") == "missing" and not location:
-        return invalid_request("The request body is missing.")
-    param = ".".join(location) or None
+        return invalid_request("The request body is missing.", None, "invalid_json")
     message = first.get("msg", "Invalid request")
     return invalid_request(f"{message} (parameter: {param})" if param else message, param)
+
+
+def _json(model: ChatCompletion | Completion) -> Response:
+    return Response(model.model_dump_json(), media_type="application/json")
 
 
 @serve.deployment(name=INGRESS_DEPLOYMENT)
@@ -88,30 +107,35 @@ def _describe_validation_error(exc: RequestValidationError) -> OpenAIError:
 class OpenAIIngress:
     """Speaks the OpenAI HTTP API in front of the LLM-server deployment."""
 
-    def __init__(self, llm_server: DeploymentHandle, config: AppConfig) -> None:
+    async def __init__(self, llm_server: DeploymentHandle, config: AppConfig) -> None:
         self._config = config
         self._engine = EngineClient(llm_server)
+        self._metrics = IngressMetrics(config.served_name, config.metrics)
+        app.state.metrics = self._metrics
+        self._gauge_refresher = asyncio.create_task(self._metrics.keep_gauges_alive())
         renderer = PromptRenderer(resolve_model(config.tokenizer or config.model))
-        self._chat = ChatService(self._engine, renderer, config.served_name)
-        self._completions = CompletionService(self._engine, renderer, config.served_name)
+        services = (self._engine, renderer, config.served_name, self._metrics)
+        self._chat = ChatService(*services)
+        self._completions = CompletionService(*services)
         self._health = ReplicaHealth(serve.get_replica_context().app_name)
+        self._node_metrics = NodeMetrics()
         self._created = int(time.time())
 
-    @app.post("/v1/chat/completions", response_model=ChatCompletion)
+    @app.post(CHAT_ROUTE, response_model=ChatCompletion)
     async def chat_completions(self, body: ChatCompletionRequest) -> Response:
         if body.stream:
             events = await primed(self._chat.stream(body))
             return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS)
-        return JSONResponse((await self._chat.complete(body)).model_dump())
+        return _json(await self._chat.complete(body))
 
-    @app.post("/v1/completions", response_model=Completion)
+    @app.post(COMPLETIONS_ROUTE, response_model=Completion)
     async def completions(self, body: CompletionRequest) -> Response:
         if body.stream:
             events = await primed(self._completions.stream(body))
             return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS)
-        return JSONResponse((await self._completions.complete(body)).model_dump())
+        return _json(await self._completions.complete(body))
 
-    @app.get("/v1/models")
+    @app.get(MODELS_ROUTE)
     async def models(self) -> ModelList:
         info = await self._engine.model_info()
         card = ModelCard(
@@ -122,7 +146,7 @@ class OpenAIIngress:
         )
         return ModelList(data=[card])
 
-    @app.get("/health", response_model=Health)
+    @app.get(HEALTH_ROUTE, response_model=Health)
     async def health(self) -> JSONResponse:
         running = await self._health.running_replicas()
         body = Health(
@@ -132,3 +156,27 @@ class OpenAIIngress:
             healthy_replicas=running,
         )
         return JSONResponse(body.model_dump(), status_code=200 if running else 503)
+
+    @app.get(METRICS_ROUTE, response_model=MetricsSummary)
+    async def metrics(self, request: Request, format: str | None = Query(None)) -> Response:
+        """Prometheus text of the whole app; JSON summary with Accept: application/json."""
+        wants_json = format == "json" or "application/json" in request.headers.get("accept", "")
+        if not wants_json:
+            text = await self._node_metrics.text()
+            return Response(text, media_type=PROMETHEUS_CONTENT_TYPE)
+        stats = await self._engine.engine_stats()
+        summary = MetricsSummary(
+            model=self._config.served_name,
+            tensor_parallel_size=self._config.tensor_parallel_size,
+            gpu_memory_allocated_gb=stats.gpu_memory_allocated_gb,
+            gpu_memory_reserved_gb=stats.gpu_memory_reserved_gb,
+            gpu_name=stats.gpu_name,
+            accelerator=stats.accelerator,
+            cpu_kvcache_gib=stats.cpu_kvcache_gib,
+            kv_cache_tokens=stats.kv_cache_tokens,
+            max_model_len=stats.max_model_len,
+            healthy_replicas=await self._health.running_replicas(),
+            in_flight=sum(self._metrics.in_flight_by_route.values()),
+            totals=dict(self._metrics.totals),
+        )
+        return JSONResponse(summary.model_dump())

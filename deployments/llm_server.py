@@ -6,22 +6,28 @@ request in the engine; Serve's health check calls the engine's, so a dead engine
 replica replaced.
 """
 
-import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from typing import Literal
 
 import ray
 from ray import serve
+from ray.serve.metrics import Histogram
 
 from deployments import vllm_compat
 from deployments.engine_args import build_engine_kwargs
 from deployments.errors import invalid_request
-from deployments.generation import GenerateRequest, GenerationChunk, ModelInfo, SamplingSpec
+from deployments.generation import (
+    EngineStats,
+    GenerateRequest,
+    GenerationChunk,
+    ModelInfo,
+    SamplingSpec,
+)
+from deployments.gpu_stats import read_gpu_memory
 from serve_app.config import AppConfig
 from serve_app.constants import LLM_SERVER_DEPLOYMENT
-
-logger = logging.getLogger("ray.serve")
 
 _WARMUP_PROMPT = [1, 2, 3, 4]
 
@@ -31,13 +37,17 @@ class LLMServer:
     """Wraps one vLLM AsyncLLM (on a GPU, a tensor-parallel placement group, or the CPU)."""
 
     async def __init__(self, config: AppConfig, accelerator: Literal["cpu", "gpu"]) -> None:
+        self._config = config
+        self._accelerator = accelerator
         if accelerator == "cpu":
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{config.cpu_kvcache_gib:g}")
         placement_group = (
             ray.util.get_current_placement_group() if config.tensor_parallel_size > 1 else None
         )
         self._engine = vllm_compat.create_engine(
-            build_engine_kwargs(config, accelerator), placement_group=placement_group
+            build_engine_kwargs(config, accelerator),
+            placement_group=placement_group,
+            ray_metrics=config.metrics.engine_metrics,
         )
         self._info = ModelInfo(
             max_model_len=vllm_compat.max_model_len(self._engine),
@@ -45,6 +55,13 @@ class LLMServer:
             accelerator=accelerator,
             max_logprobs=vllm_compat.max_logprobs(self._engine),
         )
+        self._queue_wait = Histogram(
+            "llm_queue_wait_seconds",
+            "From the ingress dispatching a request to its engine replica starting it.",
+            config.metrics.queue_buckets_s,
+            ("model",),
+        )
+        self._queue_wait.set_default_tags({"model": config.served_name})
         if config.warmup:
             await self._warm_up()
 
@@ -60,6 +77,7 @@ class LLMServer:
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerationChunk]:
         """Stream the request's output, one chunk per engine step that advanced it."""
+        self._queue_wait.observe(max(0.0, time.time() - request.dispatched_at))
         try:
             params = vllm_compat.sampling_params(request.sampling)
             stream = self._engine.generate(
@@ -72,6 +90,33 @@ class LLMServer:
 
     async def model_info(self) -> ModelInfo:
         return self._info
+
+    async def engine_stats(self) -> EngineStats:
+        stats = EngineStats(
+            accelerator=self._accelerator,
+            tensor_parallel_size=self._config.tensor_parallel_size,
+            max_model_len=self._info.max_model_len,
+            kv_cache_tokens=vllm_compat.kv_cache_tokens(self._engine),
+            cpu_kvcache_gib=self._config.cpu_kvcache_gib if self._accelerator == "cpu" else None,
+        )
+        if self._accelerator == "cpu":
+            return stats
+        gpu_ids = [int(i) for i in ray.get_runtime_context().get_accelerator_ids()["GPU"]]
+        memory = read_gpu_memory(gpu_ids)
+        if memory is None:
+            return stats
+        return stats.model_copy(
+            update={
+                "gpu_name": memory.name,
+                "gpu_count": memory.count,
+                "gpu_memory_allocated_gb": memory.used_gb,
+                "gpu_memory_reserved_gb": round(
+                    memory.total_gb * vllm_compat.gpu_memory_utilization(self._engine), 3
+                ),
+                "gpu_memory_total_gb": memory.total_gb,
+                "gpu_memory_scope": memory.scope,
+            }
+        )
 
     async def check_health(self) -> None:
         await self._engine.check_health()

@@ -267,6 +267,23 @@ class Health(BaseModel):
     healthy_replicas: int
 
 
+class MetricsSummary(BaseModel):
+    """GET /metrics in JSON: the original guide's fields, then this service's own."""
+
+    model: str
+    tensor_parallel_size: int
+    gpu_memory_allocated_gb: float | None
+    gpu_memory_reserved_gb: float | None
+    gpu_name: str | None
+    accelerator: Literal["cpu", "gpu"]
+    cpu_kvcache_gib: float | None
+    kv_cache_tokens: int
+    max_model_len: int
+    healthy_replicas: int
+    in_flight: int = Field(description="Requests this ingress replica is serving now.")
+    totals: dict[str, int] = Field(description="Counts since this ingress replica started.")
+
+
 class ErrorDetail(BaseModel):
     message: str
     type: str

@@ -1,10 +1,12 @@
 """What chat and text completions share: sampling, fan-out over prompts, timing, SSE framing."""
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from pydantic import BaseModel
 
@@ -17,10 +19,15 @@ from deployments.generation import (
     SamplingSpec,
     TokenLogprob,
 )
+from deployments.metrics import IngressMetrics
 from deployments.prompts import PromptRenderer, resolve_max_tokens
 from deployments.protocol import ChatCompletionRequest, CompletionRequest, Usage, VllmStats
 
 SSE_DONE = "data: [DONE]\n\n"
+
+# One line per generation request: id, route, status, tokens, TTFT, time, tokens/s. With
+# serve_config.yaml's `logging_config: {encoding: JSON}` the fields become JSON keys.
+request_log = logging.getLogger("ray.serve")
 
 
 def sse(event: BaseModel) -> str:
@@ -51,15 +58,25 @@ def sampling_spec(
 
 @dataclass
 class Timer:
-    """Wall-clock timings of one API request, from when generation was asked for."""
+    """Wall-clock timings of one API request, from its arrival at the ingress."""
 
     start: float = field(default_factory=time.perf_counter)
     first_token: float | None = None
+    last_token: float | None = None
     end: float | None = None
+    token_gaps: list[tuple[float, int]] = field(default_factory=list)
 
-    def saw_tokens(self) -> None:
-        if self.first_token is None:
-            self.first_token = time.perf_counter()
+    def saw_tokens(self, count: int) -> None:
+        now = time.perf_counter()
+        if self.last_token is None:
+            self.first_token = now
+        else:
+            self.token_gaps.append((now - self.last_token, count))
+        self.last_token = now
+
+    @property
+    def ttft(self) -> float | None:
+        return None if self.first_token is None else self.first_token - self.start
 
     def stats(self, completion_tokens: int) -> VllmStats:
         end = self.end or time.perf_counter()
@@ -67,9 +84,7 @@ class Timer:
         return VllmStats(
             inference_time_seconds=round(elapsed, 6),
             tokens_per_second=round(completion_tokens / elapsed, 3) if elapsed > 0 else 0.0,
-            time_to_first_token_seconds=(
-                round(self.first_token - self.start, 6) if self.first_token else None
-            ),
+            time_to_first_token_seconds=None if self.ttft is None else round(self.ttft, 6),
         )
 
 
@@ -99,8 +114,9 @@ class ChoiceResult:
 class Generation:
     """The engine requests of one API request, and what came back of them so far."""
 
+    request_id: str
     requests: list[GenerateRequest]
-    timer: Timer = field(default_factory=Timer)
+    timer: Timer
     completion_tokens: int = 0
 
     @property
@@ -116,12 +132,21 @@ class Generation:
 
 
 class OpenAIServing:
-    """Base of the chat and completion services: validation, fan-out and streaming."""
+    """Base of the chat and completion services: validation, fan-out, streaming, records."""
 
-    def __init__(self, engine: EngineClient, renderer: PromptRenderer, served_name: str) -> None:
+    route: ClassVar[str]
+
+    def __init__(
+        self,
+        engine: EngineClient,
+        renderer: PromptRenderer,
+        served_name: str,
+        metrics: IngressMetrics,
+    ) -> None:
         self._engine = engine
         self._renderer = renderer
         self._served_name = served_name
+        self._metrics = metrics
 
     def check_model(self, model: str) -> None:
         if model != self._served_name:
@@ -134,7 +159,8 @@ class OpenAIServing:
         prompts: Sequence[list[int]],
         requested_max_tokens: int | None,
         prompt_param: str,
-    ) -> tuple[str, Generation]:
+        timer: Timer,
+    ) -> Generation:
         """Check each prompt against the context and build its engine request."""
         info = await self._engine.model_info()
         if request.num_logprobs is not None and request.num_logprobs > info.max_logprobs:
@@ -155,25 +181,61 @@ class OpenAIServing:
             )
             for i, ids in enumerate(prompts)
         ]
-        return request_id, Generation(engine_requests)
+        return Generation(request_id, engine_requests, timer)
 
     async def run(self, generation: Generation) -> AsyncIterator[list[ChoiceDelta]]:
-        """Stream every prompt's choices, re-indexed as prompt_index * n + choice index."""
+        """Stream every prompt's choices, re-indexed as prompt_index * n + choice index.
+
+        However it ends (done, failed, or abandoned by a client that went away), the
+        generation is recorded in the metrics and the request log.
+        """
         n = generation.requests[0].sampling.n
         streams = [self._engine.stream(r) for r in generation.requests]
-        async for prompt_index, chunk in _merge(streams):
-            deltas = [
-                delta.model_copy(update={"index": prompt_index * n + delta.index})
-                if prompt_index
-                else delta
-                for delta in chunk.choices
-            ]
-            tokens = sum(d.num_tokens for d in deltas)
-            if tokens:
-                generation.timer.saw_tokens()
-                generation.completion_tokens += tokens
-            yield deltas
-        generation.timer.end = time.perf_counter()
+        status = "aborted"
+        try:
+            async for prompt_index, chunk in _merge(streams):
+                deltas = [
+                    delta.model_copy(update={"index": prompt_index * n + delta.index})
+                    if prompt_index
+                    else delta
+                    for delta in chunk.choices
+                ]
+                tokens = sum(d.num_tokens for d in deltas)
+                if tokens:
+                    generation.timer.saw_tokens(tokens)
+                    generation.completion_tokens += tokens
+                yield deltas
+            status = "ok"
+        except OpenAIError as exc:
+            status = exc.type
+            raise
+        finally:
+            generation.timer.end = time.perf_counter()
+            self._record(generation, status)
+
+    def _record(self, generation: Generation, status: str) -> None:
+        timer = generation.timer
+        self._metrics.record_generation(
+            self.route,
+            generation.prompt_tokens,
+            generation.completion_tokens,
+            timer.ttft,
+            timer.token_gaps,
+            aborted=status == "aborted",
+        )
+        stats = timer.stats(generation.completion_tokens)
+        fields = {
+            "request_id": generation.request_id,
+            "route": self.route,
+            "status": status,
+            "prompt_tokens": generation.prompt_tokens,
+            "max_tokens": generation.requests[0].sampling.max_tokens,
+            "generated_tokens": generation.completion_tokens,
+            "ttft_s": stats.time_to_first_token_seconds,
+            "inference_time_s": stats.inference_time_seconds,
+            "tokens_per_s": stats.tokens_per_second,
+        }
+        request_log.info(" ".join(f"{key}={value}" for key, value in fields.items()), extra=fields)
 
     async def sse_events(
         self,
@@ -190,6 +252,7 @@ class OpenAIServing:
         except OpenAIError as exc:
             if not started:
                 raise
+            self._metrics.record_error(self.route, exc.type)
             yield sse(exc.response_body())
         else:
             if usage_event is not None:

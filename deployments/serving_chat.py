@@ -17,22 +17,26 @@ from deployments.protocol import (
     ChatTopLogprob,
     Usage,
 )
-from deployments.serving import Generation, OpenAIServing
+from deployments.serving import Generation, OpenAIServing, Timer
+from serve_app.constants import CHAT_ROUTE
 
 
 class ChatService(OpenAIServing):
-    async def _generation(self, request: ChatCompletionRequest) -> tuple[str, Generation]:
+    route = CHAT_ROUTE
+
+    async def _generation(self, request: ChatCompletionRequest) -> Generation:
+        timer = Timer()
         self.check_model(request.model)
         prompt = self._renderer.chat(request.messages)
         return await self.new_generation(
-            "chatcmpl", request, [prompt], request.requested_max_tokens, "messages"
+            "chatcmpl", request, [prompt], request.requested_max_tokens, "messages", timer
         )
 
     async def complete(self, request: ChatCompletionRequest) -> ChatCompletion:
-        request_id, generation = await self._generation(request)
+        generation = await self._generation(request)
         results = await self.collect(generation)
         return ChatCompletion(
-            id=request_id,
+            id=generation.request_id,
             model=self._served_name,
             choices=[
                 ChatChoice(
@@ -49,7 +53,7 @@ class ChatService(OpenAIServing):
 
     async def stream(self, request: ChatCompletionRequest) -> AsyncIterator[str]:
         """SSE events: each choice opens with the assistant role, then content deltas."""
-        request_id, generation = await self._generation(request)
+        generation = await self._generation(request)
         created = int(time.time())
         opened: set[int] = set()
 
@@ -57,7 +61,7 @@ class ChatService(OpenAIServing):
             choices: list[ChatChunkChoice], usage: Usage | None = None
         ) -> ChatCompletionChunk:
             return ChatCompletionChunk(
-                id=request_id,
+                id=generation.request_id,
                 created=created,
                 model=self._served_name,
                 choices=choices,

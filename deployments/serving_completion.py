@@ -12,22 +12,25 @@ from deployments.protocol import (
     CompletionRequest,
     Usage,
 )
-from deployments.serving import Generation, OpenAIServing
-from serve_app.constants import DEFAULT_COMPLETION_MAX_TOKENS
+from deployments.serving import Generation, OpenAIServing, Timer
+from serve_app.constants import COMPLETIONS_ROUTE, DEFAULT_COMPLETION_MAX_TOKENS
 
 
 class CompletionService(OpenAIServing):
-    async def _generation(self, request: CompletionRequest) -> tuple[str, Generation]:
+    route = COMPLETIONS_ROUTE
+
+    async def _generation(self, request: CompletionRequest) -> Generation:
+        timer = Timer()
         self.check_model(request.model)
         prompts = self._renderer.completion(request)
         max_tokens = request.max_tokens or DEFAULT_COMPLETION_MAX_TOKENS
-        return await self.new_generation("cmpl", request, prompts, max_tokens, "prompt")
+        return await self.new_generation("cmpl", request, prompts, max_tokens, "prompt", timer)
 
     async def complete(self, request: CompletionRequest) -> Completion:
-        request_id, generation = await self._generation(request)
+        generation = await self._generation(request)
         results = await self.collect(generation)
         return Completion(
-            id=request_id,
+            id=generation.request_id,
             model=self._served_name,
             choices=[
                 CompletionChoice(
@@ -47,13 +50,13 @@ class CompletionService(OpenAIServing):
         )
 
     async def stream(self, request: CompletionRequest) -> AsyncIterator[str]:
-        request_id, generation = await self._generation(request)
+        generation = await self._generation(request)
         created = int(time.time())
         offsets: dict[int, int] = {}
 
         def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> CompletionChunk:
             return CompletionChunk(
-                id=request_id,
+                id=generation.request_id,
                 created=created,
                 model=self._served_name,
                 choices=choices,

@@ -4,7 +4,7 @@ Engine creation, sampling parameters and the conversion of vLLM's outputs into t
 project's engine-neutral `GenerationChunk`s.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from vllm import AsyncEngineArgs, SamplingParams
@@ -12,6 +12,7 @@ from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.sampling_params import RequestOutputKind
 from vllm.usage.usage_lib import UsageContext
 from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
 
 from deployments.generation import (
     ChoiceDelta,
@@ -32,11 +33,13 @@ REQUEST_ERRORS: tuple[type[Exception], ...] = (ValueError, _RequestError)
 
 
 def create_engine(
-    engine_kwargs: Mapping[str, Any],
-    placement_group: Any = None,
-    stat_loggers: Sequence[Any] | None = None,
+    engine_kwargs: Mapping[str, Any], placement_group: Any = None, ray_metrics: bool = True
 ) -> AsyncLLM:
-    """Start an AsyncLLM; a tensor-parallel engine places its Ray workers in `placement_group`."""
+    """Start an AsyncLLM; a tensor-parallel engine places its Ray workers in `placement_group`.
+
+    With `ray_metrics`, vLLM's own metrics go out through Ray's metrics agent (as
+    `ray_vllm_*`) instead of an in-process Prometheus registry nobody scrapes.
+    """
     vllm_config = AsyncEngineArgs(**engine_kwargs).create_engine_config(
         UsageContext.OPENAI_API_SERVER
     )
@@ -45,8 +48,19 @@ def create_engine(
     return AsyncLLM.from_vllm_config(
         vllm_config,
         usage_context=UsageContext.OPENAI_API_SERVER,
-        stat_loggers=list(stat_loggers) if stat_loggers else None,
+        stat_loggers=[RayPrometheusStatLogger] if ray_metrics else None,
+        disable_log_stats=not ray_metrics,
     )
+
+
+def kv_cache_tokens(engine: AsyncLLM) -> int:
+    """How many tokens the engine's paged KV cache holds (blocks x block size)."""
+    cache = engine.vllm_config.cache_config
+    return int((cache.num_gpu_blocks or 0) * cache.block_size)
+
+
+def gpu_memory_utilization(engine: AsyncLLM) -> float:
+    return float(engine.vllm_config.cache_config.gpu_memory_utilization)
 
 
 def max_logprobs(engine: AsyncLLM) -> int:

@@ -1,19 +1,51 @@
 """The application's configuration: serve_config.yaml `args`, then environment overrides."""
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from itertools import pairwise
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator
 
 from serve_app.constants import (
     DEFAULT_CPU_KVCACHE_GIB,
+    DEFAULT_METRICS_EXPORT_PORT,
     DEFAULT_MODEL_ID,
+    E2E_BUCKETS_S,
     ENV_MODEL_NAME,
     ENV_SERVED_MODEL_NAME,
     ENV_TENSOR_PARALLEL_SIZE,
+    ITL_BUCKETS_S,
+    QUEUE_BUCKETS_S,
+    TTFT_BUCKETS_S,
 )
 
 Accelerator = Literal["auto", "cpu", "gpu"]
+
+
+Buckets = Annotated[list[PositiveFloat], Field(min_length=1)]
+
+
+class MetricsConfig(BaseModel):
+    """What the service exports to Prometheus (see README, "Metrics")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    engine_metrics: bool = Field(True, description="Export vLLM's own metrics per replica.")
+    export_port: PositiveInt = Field(
+        DEFAULT_METRICS_EXPORT_PORT,
+        description="Ray's metrics export port, set when `python -m serve_app serve` starts Ray.",
+    )
+    ttft_buckets_s: Buckets = Field(default_factory=lambda: list(TTFT_BUCKETS_S))
+    itl_buckets_s: Buckets = Field(default_factory=lambda: list(ITL_BUCKETS_S))
+    e2e_buckets_s: Buckets = Field(default_factory=lambda: list(E2E_BUCKETS_S))
+    queue_buckets_s: Buckets = Field(default_factory=lambda: list(QUEUE_BUCKETS_S))
+
+    @field_validator("ttft_buckets_s", "itl_buckets_s", "e2e_buckets_s", "queue_buckets_s")
+    @classmethod
+    def _increasing(cls, buckets: list[float]) -> list[float]:
+        if any(low >= high for low, high in pairwise(buckets)):
+            raise ValueError("histogram buckets must be strictly increasing")
+        return buckets
 
 
 class AppConfig(BaseModel):
@@ -51,6 +83,7 @@ class AppConfig(BaseModel):
         DEFAULT_CPU_KVCACHE_GIB, description="KV-cache memory per replica on the CPU backend."
     )
     warmup: bool = Field(True, description="Run one request before a replica reports ready.")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Extra vLLM AsyncEngineArgs, applied last."
     )

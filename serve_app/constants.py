@@ -14,6 +14,13 @@ CONVERTED_MODELS_SUBDIR: Final = "serve_app_models"
 LLM_SERVER_DEPLOYMENT: Final = "LLMServer"
 INGRESS_DEPLOYMENT: Final = "OpenAIIngress"
 
+# The OpenAI routes of the ingress.
+CHAT_ROUTE: Final = "/v1/chat/completions"
+COMPLETIONS_ROUTE: Final = "/v1/completions"
+MODELS_ROUTE: Final = "/v1/models"
+HEALTH_ROUTE: Final = "/health"
+METRICS_ROUTE: Final = "/metrics"
+
 # CPU backend: KV-cache memory (GiB) reserved by vLLM when no GPU is used.
 DEFAULT_CPU_KVCACHE_GIB: Final = 1.0
 
@@ -31,3 +38,87 @@ ENV_MODEL_NAME: Final = "MODEL_NAME"
 ENV_SERVED_MODEL_NAME: Final = "SERVED_MODEL_NAME"
 ENV_TENSOR_PARALLEL_SIZE: Final = "TENSOR_PARALLEL_SIZE"
 ENV_PORT: Final = "PORT"
+
+# Histogram buckets (seconds) of the serve-layer latency metrics.
+TTFT_BUCKETS_S: Final = (
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.5,
+    0.75,
+    1.0,
+    1.5,
+    2.0,
+    3.0,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+)
+ITL_BUCKETS_S: Final = (
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.04,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+)
+E2E_BUCKETS_S: Final = (
+    0.01,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    20.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+)
+QUEUE_BUCKETS_S: Final = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+# Ray's metrics export port (Prometheus text of every replica on the node).
+DEFAULT_METRICS_EXPORT_PORT: Final = 8080

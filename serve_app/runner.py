@@ -19,6 +19,7 @@ from ray import serve
 from ray.serve._private import api as serve_api
 from ray.serve.schema import ServeDeploySchema
 
+from serve_app.config import AppConfig
 from serve_app.constants import ENV_PORT
 
 _POLL_SECONDS = 1.0
@@ -30,10 +31,20 @@ class DeployFailedError(RuntimeError):
 
 def load_deploy_config(path: Path, env: Mapping[str, str]) -> ServeDeploySchema:
     """Read serve_config.yaml; PORT overrides http_options.port."""
-    raw: dict[str, Any] = yaml.safe_load(path.read_text())
+    return parse_deploy_config(yaml.safe_load(path.read_text()), env)
+
+
+def parse_deploy_config(raw: dict[str, Any], env: Mapping[str, str]) -> ServeDeploySchema:
+    """Validate a Serve config; PORT overrides http_options.port."""
+    raw = dict(raw)
     if port := env.get(ENV_PORT):
-        raw.setdefault("http_options", {})["port"] = int(port)
+        raw["http_options"] = {**raw.get("http_options", {}), "port": int(port)}
     return ServeDeploySchema.model_validate(raw)
+
+
+def metrics_export_port(config: ServeDeploySchema) -> int:
+    """The metrics export port the first application asks Ray to use."""
+    return AppConfig.from_args(config.applications[0].args, {}).metrics.export_port
 
 
 def deploy(config: ServeDeploySchema) -> None:
@@ -74,7 +85,10 @@ def wait_until_running(names: list[str], timeout_s: float = float("inf")) -> Non
 def run(path: Path) -> int:
     """Deploy and block; the exit code says whether every application kept running."""
     config = load_deploy_config(path, os.environ)
-    ray.init(address=os.environ.get("RAY_ADDRESS"), namespace="serve")
+    if address := os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address, namespace="serve")
+    else:
+        ray.init(namespace="serve", _metrics_export_port=metrics_export_port(config))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     names = [app.name for app in config.applications]
     try:

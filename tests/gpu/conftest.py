@@ -1,0 +1,81 @@
+"""GPU tests: real Ray Serve + vLLM (CUDA) on the GPU test machine; skipped without CUDA.
+
+Each module deploys its own variant of serve_config.yaml and shuts Serve down after, so
+the next module finds its GPUs free.
+"""
+
+import copy
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+import yaml
+from ray import serve
+
+from serve_app.runner import deploy, parse_deploy_config, wait_until_running
+
+REPO = Path(__file__).resolve().parents[2]
+STARTUP_TIMEOUT_S = 900
+
+
+def gpu_count() -> int:
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip this folder's tests on machines with fewer GPUs than they need (default 1)."""
+    here = Path(__file__).parent
+    available = gpu_count()
+    for item in items:
+        if not item.path.is_relative_to(here):
+            continue
+        needed = next((m.args[0] for m in item.iter_markers("gpus")), 1)
+        if available < needed:
+            item.add_marker(
+                pytest.mark.skip(reason=f"needs {needed} CUDA GPU(s), found {available}")
+            )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    ray.init(namespace="serve", include_dashboard=False, _metrics_export_port=free_port())
+    yield
+    ray.shutdown()
+
+
+@contextmanager
+def deployed(args: dict[str, Any], llm_server: dict[str, Any] | None = None) -> Iterator[str]:
+    """Deploy serve_config.yaml with `args` and LLMServer options overridden; yield its URL."""
+    raw = copy.deepcopy(yaml.safe_load((REPO / "serve_config.yaml").read_text()))
+    app = raw["applications"][0]
+    app["args"].update(args)
+    if llm_server:
+        next(d for d in app["deployments"] if d["name"] == "LLMServer").update(llm_server)
+    port = free_port()
+    config = parse_deploy_config(raw, {"PORT": str(port)})
+    try:
+        deploy(config)
+        wait_until_running([app["name"]], STARTUP_TIMEOUT_S)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+
+
+def dummy_8b(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from benchmarks.dummy_model import build_dummy_model
+
+    return str(build_dummy_model(tmp_path_factory.mktemp("llama3-8b-shape")))

@@ -1,0 +1,104 @@
+"""Two GPUs: one tensor-parallel replica across both, or two replicas with one each."""
+
+import asyncio
+import re
+import time
+
+import httpx
+import openai
+import pytest
+import ray
+
+from deployments.gpu_stats import read_gpu_memory
+from serve_app.constants import DEFAULT_MODEL_ID
+from serve_app.runner import DeployFailedError
+from tests.gpu.conftest import deployed, dummy_8b
+
+pytestmark = pytest.mark.gpus(2)
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def test_tensor_parallel_replica_spans_both_gpus(
+    ray_cluster: None, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    model = dummy_8b(tmp_path_factory)
+    args = {
+        "model": model,
+        "served_model_name": "llama3-8b-shape",
+        "tensor_parallel_size": 2,
+        "max_model_len": 2048,
+        "engine_kwargs": {"load_format": "dummy", "enforce_eager": True},
+    }
+    with deployed(args) as url:
+        assert httpx.get(f"{url}/health").json()["tensor_parallel_size"] == 2
+        # Both GPUs hold half of the 16 GB of weights plus KV cache.
+        per_gpu = [read_gpu_memory([i]).used_gb for i in (0, 1)]
+        assert all(used > 8 for used in per_gpu), per_gpu
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        chunks = list(
+            client.completions.create(
+                model="llama3-8b-shape",
+                prompt="Hello",
+                max_tokens=32,
+                stream=True,
+                stream_options={"include_usage": True},
+                extra_body={"ignore_eos": True},
+            )
+        )
+        assert chunks[-1].usage.completion_tokens == 32
+        assert any(c.choices and c.choices[0].finish_reason == "length" for c in chunks)
+
+
+def test_tensor_parallel_fails_fast_when_one_gpu_is_taken(
+    ray_cluster: None, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    @ray.remote(num_gpus=1)
+    class GPUHolder:
+        def ready(self) -> bool:
+            return True
+
+    holder = GPUHolder.remote()
+    ray.get(holder.ready.remote())
+    args = {"model": dummy_8b(tmp_path_factory), "tensor_parallel_size": 2}
+    started = time.monotonic()
+    try:
+        with (
+            pytest.raises(DeployFailedError, match="needs 2 free GPUs, but only 1 are free"),
+            deployed(args),
+        ):
+            pass
+    finally:
+        ray.kill(holder)
+    assert time.monotonic() - started < 120
+
+
+def test_two_replicas_on_two_gpus_share_the_traffic(ray_cluster: None) -> None:
+    args = {"accelerator": "gpu", "engine_kwargs": {"gpu_memory_utilization": 0.3}}
+    replicas = {"autoscaling_config": {"min_replicas": 2, "max_replicas": 2}}
+    with deployed(args, replicas) as url:
+
+        async def main() -> list[str]:
+            async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused") as client:
+                calls = [
+                    client.chat.completions.create(
+                        model=DEFAULT_MODEL_ID, messages=QUESTION, max_tokens=24, temperature=0
+                    )
+                    for _ in range(64)
+                ]
+                return [r.choices[0].message.content for r in await asyncio.gather(*calls)]
+
+        assert all("Paris" in answer for answer in asyncio.run(main()))
+        deadline = time.monotonic() + 60
+        busy: set[str] = set()
+        while len(busy) < 2 and time.monotonic() < deadline:
+            text = httpx.get(f"{url}/metrics", timeout=30).text
+            busy = {
+                match.group(1)
+                for match in re.finditer(
+                    r'ray_llm_queue_wait_seconds_count\{[^}]*replica="([^"]+)"[^}]*\} ([0-9.]+)',
+                    text,
+                )
+                if float(match.group(2)) > 0
+            }
+            time.sleep(2)
+        assert len(busy) == 2, busy
