@@ -8,11 +8,16 @@ workload at fixed concurrency levels, recording TTFT, TPOT, ITL and end-to-end l
     python -m benchmarks.serving run --base-url http://localhost:8000 \\
         --model HuggingFaceTB/SmolLM2-135M-Instruct --concurrency 1 16 --num-prompts 8 64
 
-    # bare vLLM, then our app, same engine args, one after the other; then 2 replicas
+    # bare vLLM, then our app, same engine args, one after the other
     python -m benchmarks.serving compare --dummy-8b --concurrency 1 32 128 \\
-        --num-prompts 20 256 512 --scaling-concurrency 256 --out benchmarks/results/gpu
+        --num-prompts 24 256 512 --out benchmarks/results/gpu
 
-`compare` writes `<out>/serving.json`, `<out>/serving.png` and prints the ratio table.
+    # our app with 1 replica, then 2 (one GPU each)
+    python -m benchmarks.serving scale --dummy-8b --replicas 2 --concurrency 256 \\
+        --num-prompts 1024 --out benchmarks/results/gpu
+
+`compare` writes `<out>/serving.json` and `serving.png` and prints the ratio table;
+`scale` writes `scaling.json` and `scaling.png`.
 """
 
 import argparse
@@ -331,95 +336,114 @@ def cmd_run(args: argparse.Namespace) -> None:
     print(args.out)
 
 
-def cmd_compare(args: argparse.Namespace) -> None:
-    from serve_app.default_model import resolve_model
-
-    workload = _workload(args)
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
+def _engine_setup(args: argparse.Namespace) -> EngineSetup:
     if args.dummy_8b:
         from benchmarks.dummy_model import build_dummy_model
 
-        model_dir = build_dummy_model(Path(tempfile.mkdtemp()) / "llama3-8b-shape")
-        setup = EngineSetup(
-            model=str(model_dir),
+        model_dir = str(build_dummy_model(Path(tempfile.mkdtemp()) / "llama3-8b-shape"))
+        return EngineSetup(
+            model=model_dir,
             served_model_name="llama3-8b-shape",
-            tokenizer=str(model_dir),
+            tokenizer=model_dir,
             max_model_len=args.max_model_len,
             engine_kwargs={"load_format": "dummy", **args.engine_kwargs},
         )
-    else:
-        model = resolve_model(args.model)
-        setup = EngineSetup(
-            model=model,
-            served_model_name=args.model,
-            tokenizer=model,
-            max_model_len=args.max_model_len,
-            engine_kwargs=args.engine_kwargs,
-        )
-    config_dir = Path(tempfile.mkdtemp())
-    report: dict[str, Any] = {
-        "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.serving", *sys.argv[1:]]),
-        "machine": machine(),
-        "engine": setup.model_dump(),
-        "workload": workload.model_dump(),
-        "stacks": [],
-    }
+    from serve_app.default_model import resolve_model
 
-    def measure(name: str, server, base_url: str, wl: Workload) -> StackResult:
+    model = resolve_model(args.model)
+    return EngineSetup(
+        model=model,
+        served_model_name=args.model,
+        tokenizer=model,
+        max_model_len=args.max_model_len,
+        engine_kwargs=args.engine_kwargs,
+    )
+
+
+class Session:
+    """One benchmark session: its stacks measured in turn, the report saved after each."""
+
+    def __init__(self, args: argparse.Namespace, workload: Workload, report_name: str) -> None:
+        self.out: Path = args.out
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.report_path = self.out / report_name
+        self.setup = _engine_setup(args)
+        self.config_dir = Path(tempfile.mkdtemp())
+        self.report: dict[str, Any] = {
+            "command": " ".join(["python", "-m", "benchmarks.serving", *sys.argv[1:]]),
+            "machine": machine(),
+            "engine": self.setup.model_dump(),
+            "workload": workload.model_dump(),
+            "stacks": [],
+        }
+
+    def bare(self, workload: Workload) -> StackResult:
+        server = bare_vllm(self.setup, self.out / "bare.log")
+        return self._measure("bare vLLM", server, BARE_PORT, workload)
+
+    def ours(self, workload: Workload, replicas: int = 1) -> StackResult:
+        server = our_app(self.setup, replicas, self.out / f"ours-{replicas}.log", self.config_dir)
+        return self._measure(f"ours ({replicas} replica(s))", server, OURS_PORT, workload)
+
+    def _measure(self, name: str, server: Any, port: int, workload: Workload) -> StackResult:
         with server as startup_s:
             memory = gpu_memory_gb()
-            levels = run_levels(base_url, setup.served_model_name, setup.tokenizer, wl)
+            levels = run_levels(
+                f"http://127.0.0.1:{port}",
+                self.setup.served_model_name,
+                self.setup.tokenizer,
+                workload,
+            )
         result = StackResult(
             name=name, startup_s=round(startup_s, 1), gpu_memory_gb=memory, levels=levels
         )
-        report["stacks"].append(result.model_dump())
-        (out / "serving.json").write_text(json.dumps(report, indent=2))
+        self.report["stacks"].append(result.model_dump())
+        self.save()
         return result
 
-    bare = measure(
-        "bare vLLM", bare_vllm(setup, out / "bare.log"), f"http://127.0.0.1:{BARE_PORT}", workload
-    )
-    ours = measure(
-        "ours (1 replica)",
-        our_app(setup, 1, out / "ours.log", config_dir),
-        f"http://127.0.0.1:{OURS_PORT}",
-        workload,
-    )
-    report["ratios"] = ratio_rows(bare, ours)
-    if args.scaling_concurrency:
-        scaling = Workload(
-            input_len=workload.input_len,
-            output_len=workload.output_len,
-            levels=[Level(concurrency=args.scaling_concurrency, num_prompts=args.scaling_prompts)],
-            warmups=workload.warmups,
-        )
-        for replicas in (1, args.scaling_replicas):
-            measure(
-                f"ours ({replicas} replicas, scaling)",
-                our_app(setup, replicas, out / f"ours-{replicas}.log", config_dir),
-                f"http://127.0.0.1:{OURS_PORT}",
-                scaling,
-            )
-        one, many = report["stacks"][-2], report["stacks"][-1]
-        report["scaling"] = {
-            "replicas": args.scaling_replicas,
-            "concurrency": args.scaling_concurrency,
-            "throughput_ratio": round(
-                many["levels"][0]["output_throughput"] / one["levels"][0]["output_throughput"], 3
-            ),
+    def save(self) -> None:
+        self.report_path.write_text(json.dumps(self.report, indent=2))
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    """Bare vLLM, then our app with one replica, same engine args and workload."""
+    workload = _workload(args)
+    session = Session(args, workload, "serving.json")
+    bare = session.bare(workload)
+    ours = session.ours(workload)
+    session.report["ratios"] = ratio_rows(bare, ours)
+    session.save()
+    title = f"{session.setup.served_model_name}: bare vLLM vs ours"
+    plot([bare, ours], session.out / "serving.png", title)
+    print(markdown_table(session.report["ratios"]))
+
+
+def cmd_scale(args: argparse.Namespace) -> None:
+    """Our app with one replica, then with N, same workload."""
+    workload = _workload(args)
+    session = Session(args, workload, "scaling.json")
+    one = session.ours(workload, 1)
+    many = session.ours(workload, args.replicas)
+    session.report["scaling"] = [
+        {
+            "concurrency": a.concurrency,
+            "replicas": args.replicas,
+            "one_replica_tok_s": a.output_throughput,
+            "n_replicas_tok_s": b.output_throughput,
+            "throughput_ratio": round(b.output_throughput / a.output_throughput, 3),
         }
-    (out / "serving.json").write_text(json.dumps(report, indent=2))
-    plot([bare, ours], out / "serving.png", f"{setup.served_model_name}: bare vLLM vs ours")
-    print(markdown_table(report["ratios"]))
-    if "scaling" in report:
-        print("scaling:", report["scaling"])
+        for a, b in zip(one.levels, many.levels, strict=True)
+    ]
+    session.save()
+    title = f"{session.setup.served_model_name}: 1 vs {args.replicas} replicas"
+    plot([one, many], session.out / "scaling.png", title)
+    print(json.dumps(session.report["scaling"], indent=2))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.serving", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("run", "compare"):
+    for name in ("run", "compare", "scale"):
         p = sub.add_parser(name)
         p.add_argument("--concurrency", type=int, nargs="+", default=[1, 32, 128])
         p.add_argument("--num-prompts", type=int, nargs="+", default=[20, 256, 512])
@@ -431,17 +455,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     run.add_argument("--model", required=True, help="served model name")
     run.add_argument("--tokenizer", help="tokenizer path (default: the model name)")
     run.add_argument("--out", type=Path, default=Path("benchmarks/results/serving-run.json"))
-    compare = sub.choices["compare"]
-    compare.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct")
-    compare.add_argument("--dummy-8b", action="store_true", help="Llama-3-8B shape, dummy weights")
-    compare.add_argument("--max-model-len", type=int, default=4096)
-    compare.add_argument("--engine-kwargs", type=json.loads, default={})
-    compare.add_argument("--scaling-concurrency", type=int, default=0)
-    compare.add_argument("--scaling-prompts", type=int, default=1024)
-    compare.add_argument("--scaling-replicas", type=int, default=2)
-    compare.add_argument("--out", type=Path, default=Path("benchmarks/results/serving"))
+    for name in ("compare", "scale"):
+        p = sub.choices[name]
+        p.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct")
+        p.add_argument("--dummy-8b", action="store_true", help="Llama-3-8B shape, dummy weights")
+        p.add_argument("--max-model-len", type=int, default=4096)
+        p.add_argument("--engine-kwargs", type=json.loads, default={})
+        p.add_argument("--out", type=Path, default=Path("benchmarks/results/serving"))
+    sub.choices["scale"].add_argument("--replicas", type=int, default=2)
     args = parser.parse_args(argv)
-    {"run": cmd_run, "compare": cmd_compare}[args.command](args)
+    {"run": cmd_run, "compare": cmd_compare, "scale": cmd_scale}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -27,10 +27,14 @@ from deployments.protocol import (
     ChatCompletionRequest,
     Completion,
     CompletionRequest,
+    DetokenizeRequest,
+    DetokenizeResponse,
     Health,
     MetricsSummary,
     ModelCard,
     ModelList,
+    TokenizeRequest,
+    TokenizeResponse,
 )
 from deployments.serving import primed
 from deployments.serving_chat import ChatService
@@ -39,10 +43,12 @@ from serve_app.config import AppConfig
 from serve_app.constants import (
     CHAT_ROUTE,
     COMPLETIONS_ROUTE,
+    DETOKENIZE_ROUTE,
     HEALTH_ROUTE,
     INGRESS_DEPLOYMENT,
     METRICS_ROUTE,
     MODELS_ROUTE,
+    TOKENIZE_ROUTE,
 )
 from serve_app.default_model import resolve_model
 
@@ -113,8 +119,8 @@ class OpenAIIngress:
         self._metrics = IngressMetrics(config.served_name, config.metrics)
         app.state.metrics = self._metrics
         self._gauge_refresher = asyncio.create_task(self._metrics.keep_gauges_alive())
-        renderer = PromptRenderer(resolve_model(config.tokenizer or config.model))
-        services = (self._engine, renderer, config.served_name, self._metrics)
+        self._renderer = PromptRenderer(resolve_model(config.tokenizer or config.model))
+        services = (self._engine, self._renderer, config.served_name, self._metrics)
         self._chat = ChatService(*services)
         self._completions = CompletionService(*services)
         self._health = ReplicaHealth(serve.get_replica_context().app_name)
@@ -134,6 +140,22 @@ class OpenAIIngress:
             events = await primed(self._completions.stream(body))
             return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS)
         return _json(await self._completions.complete(body))
+
+    @app.post(TOKENIZE_ROUTE)
+    async def tokenize(self, body: TokenizeRequest) -> TokenizeResponse:
+        """vLLM's extension: the token ids the engine would receive."""
+        self._chat.check_model(body.model)
+        if body.messages is not None:
+            tokens = self._renderer.chat(body.messages)
+        else:
+            tokens = self._renderer.encode(body.prompt or "", body.add_special_tokens)
+        info = await self._engine.model_info()
+        return TokenizeResponse(tokens=tokens, count=len(tokens), max_model_len=info.max_model_len)
+
+    @app.post(DETOKENIZE_ROUTE)
+    async def detokenize(self, body: DetokenizeRequest) -> DetokenizeResponse:
+        self._chat.check_model(body.model)
+        return DetokenizeResponse(prompt=self._renderer.decode(body.tokens))
 
     @app.get(MODELS_ROUTE)
     async def models(self) -> ModelList:

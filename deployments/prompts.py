@@ -38,13 +38,18 @@ class PromptRenderer:
         """One token-id list per prompt of a text completion request."""
         value = request.prompt
         if isinstance(value, str):
-            return [self._encode(value)]
+            return [self.encode(value)]
         if all(isinstance(item, int) for item in value):
             return [list(value)]
-        return [self._encode(item) if isinstance(item, str) else list(item) for item in value]
+        return [self.encode(item) if isinstance(item, str) else list(item) for item in value]
 
-    def _encode(self, text: str) -> list[int]:
-        return self._tokenizer.encode(text, add_special_tokens=True)
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=add_special_tokens)
+
+    def decode(self, tokens: Sequence[int]) -> str:
+        if any(t < 0 or t >= len(self._tokenizer) for t in tokens):
+            raise invalid_request("A token id is outside the vocabulary.", "tokens")
+        return self._tokenizer.decode(tokens)
 
 
 def resolve_max_tokens(

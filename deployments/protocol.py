@@ -137,7 +137,42 @@ class CompletionRequest(_Request):
         return self.logprobs
 
 
+class TokenizeRequest(BaseModel):
+    """vLLM's /tokenize extension: a prompt, or chat messages through the chat template."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = Field(None, validate_default=True)
+    add_special_tokens: bool = True
+
+    @field_validator("messages")
+    @classmethod
+    def _one_input(cls, value: list[ChatMessage] | None, info: ValidationInfo) -> object:
+        if (value is None) == (info.data.get("prompt") is None):
+            raise ValueError("give exactly one of prompt and messages")
+        return value
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    tokens: list[int]
+
+
 # ---- responses -------------------------------------------------------------------------
+
+
+class TokenizeResponse(BaseModel):
+    tokens: list[int]
+    count: int
+    max_model_len: int
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
 
 
 class Usage(BaseModel):

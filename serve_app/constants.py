@@ -20,6 +20,8 @@ COMPLETIONS_ROUTE: Final = "/v1/completions"
 MODELS_ROUTE: Final = "/v1/models"
 HEALTH_ROUTE: Final = "/health"
 METRICS_ROUTE: Final = "/metrics"
+TOKENIZE_ROUTE: Final = "/tokenize"
+DETOKENIZE_ROUTE: Final = "/detokenize"
 
 # CPU backend: KV-cache memory (GiB) reserved by vLLM when no GPU is used.
 DEFAULT_CPU_KVCACHE_GIB: Final = 1.0

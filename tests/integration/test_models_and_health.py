@@ -25,3 +25,39 @@ def test_health_reports_model_and_tensor_parallel_size(http: httpx.Client, model
         "tensor_parallel_size": 1,
         "healthy_replicas": 1,
     }
+
+
+def test_tokenize_counts_the_prompt(http: httpx.Client, model: str) -> None:
+    body = {"model": model, "prompt": "The capital of France is", "add_special_tokens": False}
+    data = http.post("/tokenize", json=body).json()
+    assert data["count"] == len(data["tokens"]) == 5
+    assert data["max_model_len"] > 0
+
+
+def test_tokenize_applies_the_chat_template(http: httpx.Client, model: str) -> None:
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+    tokens = http.post("/tokenize", json=body).json()["tokens"]
+    text = http.post("/detokenize", json={"model": model, "tokens": tokens}).json()["prompt"]
+    assert "<|im_start|>user\nhi<|im_end|>" in text
+    assert text.endswith("<|im_start|>assistant\n")
+
+
+def test_detokenize_inverts_tokenize(http: httpx.Client, model: str) -> None:
+    prompt = "Ray Serve runs vLLM."
+    body = {"model": model, "prompt": prompt, "add_special_tokens": False}
+    tokens = http.post("/tokenize", json=body).json()["tokens"]
+    assert http.post("/detokenize", json={"model": model, "tokens": tokens}).json() == {
+        "prompt": prompt
+    }
+
+
+def test_tokenize_needs_exactly_one_input(http: httpx.Client, model: str) -> None:
+    response = http.post("/tokenize", json={"model": model})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "messages"
+
+
+def test_detokenize_refuses_ids_outside_the_vocabulary(http: httpx.Client, model: str) -> None:
+    response = http.post("/detokenize", json={"model": model, "tokens": [1, 10**9]})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "tokens"

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The runs made on the GPU test machine (H100/H200, vLLM 0.26 + Ray 2.60 carried as wheels,
+# see ../shared/gpu/README.md), after `bash /tmp/chunks/device-install.sh`:
+#   bash benchmarks/gpu_run.sh compare|scale|tests OUT_DIR
+# compare: bare vLLM vs our app, Llama-3-8B shape with dummy weights, 512 in / 128 out tokens.
+# scale:   our app with 1 then 2 replicas (one GPU each) at concurrency 256.
+# tests:   pytest tests/gpu (1 and 2 GPUs).
+set -euo pipefail
+export PYTHONPATH=/tmp/site:$PWD NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 \
+  NVSHMEM_DISABLE_NVLS=1 HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 RAY_USAGE_STATS_ENABLED=0 \
+  PYTHONUNBUFFERED=1
+out=$2
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpus.txt"
+case $1 in
+  compare)
+    python3 -m benchmarks.serving compare --dummy-8b --concurrency 1 32 128 \
+      --num-prompts 16 256 512 --input-len 512 --output-len 128 --out "$out" ;;
+  scale)
+    python3 -m benchmarks.serving scale --dummy-8b --replicas 2 --concurrency 256 \
+      --num-prompts 1024 --input-len 512 --output-len 128 --out "$out" ;;
+  tests)
+    python3 -m pytest tests/gpu -v -p no:cacheprovider -o addopts="" 2>&1 | tee "$out/gpu-tests.log" ;;
+  *) echo "usage: $0 compare|scale|tests OUT_DIR" >&2; exit 2 ;;
+esac
