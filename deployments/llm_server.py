@@ -26,6 +26,7 @@ from deployments.generation import (
     SamplingSpec,
 )
 from deployments.gpu_stats import read_gpu_memory
+from deployments.stream_pacing import ChunkPacer, PendingChunk
 from serve_app.config import AppConfig
 from serve_app.constants import LLM_SERVER_DEPLOYMENT
 
@@ -62,6 +63,7 @@ class LLMServer:
             ("model",),
         )
         self._queue_wait.set_default_tags({"model": config.served_name})
+        self._pacer = ChunkPacer(config.max_chunks_per_second)
         if config.warmup:
             await self._warm_up()
 
@@ -76,17 +78,23 @@ class LLMServer:
             pass
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerationChunk]:
-        """Stream the request's output, one chunk per engine step that advanced it."""
+        """Stream the request's output: a chunk per engine step, fewer when paced."""
         self._queue_wait.observe(max(0.0, time.time() - request.dispatched_at))
+        pending = PendingChunk()
         try:
             params = vllm_compat.sampling_params(request.sampling)
             stream = self._engine.generate(
                 {"prompt_token_ids": request.prompt_token_ids}, params, request.request_id
             )
             async for output in stream:
-                yield vllm_compat.to_chunk(output, request.sampling.logprobs)
+                self._pacer.saw_output()
+                pending.add(vllm_compat.to_chunk(output, request.sampling.logprobs))
+                if pending.ready(self._pacer.tokens_per_chunk):
+                    yield pending.take()
         except vllm_compat.REQUEST_ERRORS as exc:  # vLLM refused this request only.
             raise invalid_request(str(exc)) from None
+        if pending.ready(tokens_per_chunk=1):
+            yield pending.take()
 
     async def model_info(self) -> ModelInfo:
         return self._info

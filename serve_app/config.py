@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, f
 
 from serve_app.constants import (
     DEFAULT_CPU_KVCACHE_GIB,
+    DEFAULT_MAX_CHUNKS_PER_SECOND,
     DEFAULT_METRICS_EXPORT_PORT,
     DEFAULT_MODEL_ID,
     E2E_BUCKETS_S,
@@ -80,9 +81,15 @@ class AppConfig(BaseModel):
         "(turn off on clusters whose autoscaler adds GPU nodes on demand).",
     )
     cpu_kvcache_gib: PositiveFloat = Field(
-        DEFAULT_CPU_KVCACHE_GIB, description="KV-cache memory per replica on the CPU backend."
+        DEFAULT_CPU_KVCACHE_GIB,
+        description="KV-cache memory per replica on the CPU backend.",
     )
     warmup: bool = Field(True, description="Run one request before a replica reports ready.")
+    max_chunks_per_second: PositiveFloat | None = Field(
+        DEFAULT_MAX_CHUNKS_PER_SECOND,
+        description="Per LLM replica: above this rate of stream chunks, merge tokens into "
+        "fewer chunks (null: one chunk per token always).",
+    )
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Extra vLLM AsyncEngineArgs, applied last."

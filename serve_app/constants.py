@@ -26,6 +26,10 @@ DETOKENIZE_ROUTE: Final = "/detokenize"
 # CPU backend: KV-cache memory (GiB) reserved by vLLM when no GPU is used.
 DEFAULT_CPU_KVCACHE_GIB: Final = 1.0
 
+# Stream pacing: chunks per second one LLM replica sends before merging tokens (one ingress
+# replica forwarded about 2 300/s on the GPU test machine).
+DEFAULT_MAX_CHUNKS_PER_SECOND: Final = 2000.0
+
 # OpenAI defaults.
 DEFAULT_COMPLETION_MAX_TOKENS: Final = 16
 MAX_STOP_SEQUENCES: Final = 16

@@ -79,7 +79,9 @@ def test_metrics_json_reports_the_gpu(base_url: str) -> None:
     data = httpx.get(f"{base_url}/metrics", params={"format": "json"}, timeout=30).json()
     assert data["accelerator"] == "gpu"
     assert "H100" in data["gpu_name"] or "H200" in data["gpu_name"]
-    assert 0 < data["gpu_memory_allocated_gb"] <= data["gpu_memory_reserved_gb"] + 2
+    # NVML's "used" adds the CUDA contexts to what vLLM reserved (0.3 x total here).
+    assert data["gpu_memory_reserved_gb"] > 0
+    assert data["gpu_memory_reserved_gb"] < data["gpu_memory_allocated_gb"] < 0.5 * 150
     assert data["cpu_kvcache_gib"] is None
 
 
