@@ -104,8 +104,15 @@ def _describe_validation_error(exc: RequestValidationError) -> OpenAIError:
     return invalid_request(f"{message} (parameter: {param})" if param else message, param)
 
 
-def _json(model: ChatCompletion | Completion) -> Response:
-    return Response(model.model_dump_json(), media_type="application/json")
+async def _respond(
+    service: ChatService | CompletionService, body: ChatCompletionRequest | CompletionRequest
+) -> Response:
+    """SSE when the client asked to stream (once the first event is ready), else JSON."""
+    if body.stream:
+        events = await primed(service.stream(body))
+        return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS)
+    completion = await service.complete(body)
+    return Response(completion.model_dump_json(), media_type="application/json")
 
 
 @serve.deployment(name=INGRESS_DEPLOYMENT)
@@ -129,17 +136,11 @@ class OpenAIIngress:
 
     @app.post(CHAT_ROUTE, response_model=ChatCompletion)
     async def chat_completions(self, body: ChatCompletionRequest) -> Response:
-        if body.stream:
-            events = await primed(self._chat.stream(body))
-            return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS)
-        return _json(await self._chat.complete(body))
+        return await _respond(self._chat, body)
 
     @app.post(COMPLETIONS_ROUTE, response_model=Completion)
     async def completions(self, body: CompletionRequest) -> Response:
-        if body.stream:
-            events = await primed(self._completions.stream(body))
-            return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS)
-        return _json(await self._completions.complete(body))
+        return await _respond(self._completions, body)
 
     @app.post(TOKENIZE_ROUTE)
     async def tokenize(self, body: TokenizeRequest) -> TokenizeResponse:

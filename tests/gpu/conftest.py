@@ -4,6 +4,7 @@ Each module deploys its own variant of serve_config.yaml and shuts Serve down af
 the next module finds its GPUs free.
 """
 
+import asyncio
 import copy
 import socket
 from collections.abc import Iterator
@@ -11,15 +12,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 import ray
 import yaml
 from ray import serve
 
+from serve_app.constants import DEFAULT_MODEL_ID
 from serve_app.runner import deploy, parse_deploy_config, wait_until_running
 
 REPO = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 900
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 def gpu_count() -> int:
@@ -79,3 +83,19 @@ def dummy_8b(tmp_path_factory: pytest.TempPathFactory) -> str:
     from benchmarks.dummy_model import build_dummy_model
 
     return str(build_dummy_model(tmp_path_factory.mktemp("llama3-8b-shape")))
+
+
+def ask_concurrently(base_url: str, count: int) -> list[str]:
+    """The default model's answers to `count` simultaneous greedy chat requests."""
+
+    async def main() -> list[str]:
+        async with openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key="unused") as client:
+            calls = [
+                client.chat.completions.create(
+                    model=DEFAULT_MODEL_ID, messages=QUESTION, max_tokens=24, temperature=0
+                )
+                for _ in range(count)
+            ]
+            return [r.choices[0].message.content for r in await asyncio.gather(*calls)]
+
+    return asyncio.run(main())

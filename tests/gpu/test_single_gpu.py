@@ -1,6 +1,5 @@
 """The integration suite's essentials on one GPU, with the default model."""
 
-import asyncio
 from collections.abc import Iterator
 
 import httpx
@@ -8,9 +7,8 @@ import openai
 import pytest
 
 from serve_app.constants import DEFAULT_MODEL_ID
-from tests.gpu.conftest import deployed
+from tests.gpu.conftest import QUESTION, ask_concurrently, deployed
 
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 GPU_ARGS = {"accelerator": "gpu", "engine_kwargs": {"gpu_memory_utilization": 0.3}}
 
 
@@ -48,17 +46,7 @@ def test_stream_matches_non_streamed(client: openai.OpenAI) -> None:
 
 
 def test_concurrent_requests_all_answer(base_url: str) -> None:
-    async def main() -> list[str]:
-        async with openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key="unused") as client:
-            calls = [
-                client.chat.completions.create(
-                    model=DEFAULT_MODEL_ID, messages=QUESTION, max_tokens=24, temperature=0
-                )
-                for _ in range(32)
-            ]
-            return [r.choices[0].message.content for r in await asyncio.gather(*calls)]
-
-    assert all("Paris" in answer for answer in asyncio.run(main()))
+    assert all("Paris" in answer for answer in ask_concurrently(base_url, 32))
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,5 @@
 """Two GPUs: one tensor-parallel replica across both, or two replicas with one each."""
 
-import asyncio
 import re
 import time
 
@@ -10,12 +9,10 @@ import pytest
 import ray
 
 from deployments.gpu_stats import read_gpu_memory
-from serve_app.constants import DEFAULT_MODEL_ID
 from serve_app.runner import DeployFailedError
-from tests.gpu.conftest import deployed, dummy_8b
+from tests.gpu.conftest import ask_concurrently, deployed, dummy_8b
 
 pytestmark = pytest.mark.gpus(2)
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 def test_tensor_parallel_replica_spans_both_gpus(
@@ -76,18 +73,7 @@ def test_two_replicas_on_two_gpus_share_the_traffic(ray_cluster: None) -> None:
     args = {"accelerator": "gpu", "engine_kwargs": {"gpu_memory_utilization": 0.3}}
     replicas = {"autoscaling_config": {"min_replicas": 2, "max_replicas": 2}}
     with deployed(args, replicas) as url:
-
-        async def main() -> list[str]:
-            async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused") as client:
-                calls = [
-                    client.chat.completions.create(
-                        model=DEFAULT_MODEL_ID, messages=QUESTION, max_tokens=24, temperature=0
-                    )
-                    for _ in range(64)
-                ]
-                return [r.choices[0].message.content for r in await asyncio.gather(*calls)]
-
-        assert all("Paris" in answer for answer in asyncio.run(main()))
+        assert all("Paris" in answer for answer in ask_concurrently(url, 64))
         deadline = time.monotonic() + 60
         busy: set[str] = set()
         while len(busy) < 2 and time.monotonic() < deadline:
