@@ -1,8 +1,8 @@
 """The OpenAI ingress deployment: FastAPI wiring of the OpenAI routes to the services.
 
-Request path: parse and validate (pydantic) -> render the prompt -> route to an LLM-server
-replica through a streaming handle -> JSON or SSE. Every error leaves as an OpenAI error
-body; every request is counted by HTTPMetricsMiddleware.
+Request path: count (HTTPMetricsMiddleware) -> authenticate (APIKeyMiddleware, when API_KEYS
+is set) -> parse and validate (pydantic) -> render the prompt -> route to an LLM-server
+replica through a streaming handle -> JSON or SSE. Every error leaves as an OpenAI error body.
 """
 
 import asyncio
@@ -16,6 +16,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from deployments.auth import APIKeyMiddleware, keys_from_env
 from deployments.engine_client import EngineClient
 from deployments.errors import OpenAIError, internal_error, invalid_request
 from deployments.health import ReplicaHealth
@@ -55,6 +56,8 @@ from serve_app.default_model import resolve_model
 logger = logging.getLogger("ray.serve")
 
 app = FastAPI(title="vLLM on Ray Serve", summary="OpenAI-compatible LLM serving")
+# The last added runs first: count every request, then check its key.
+app.add_middleware(APIKeyMiddleware, keys=keys_from_env())
 app.add_middleware(HTTPMetricsMiddleware, tracked_paths=(CHAT_ROUTE, COMPLETIONS_ROUTE))
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 

@@ -44,6 +44,7 @@ ENV_MODEL_NAME: Final = "MODEL_NAME"
 ENV_SERVED_MODEL_NAME: Final = "SERVED_MODEL_NAME"
 ENV_TENSOR_PARALLEL_SIZE: Final = "TENSOR_PARALLEL_SIZE"
 ENV_PORT: Final = "PORT"
+ENV_API_KEYS: Final = "API_KEYS"
 
 # Histogram buckets (seconds) of the serve-layer latency metrics.
 # fmt: off
