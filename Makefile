@@ -6,7 +6,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONFIG ?= serve_config.yaml
 
-.PHONY: install prepare-model serve test test-unit lint
+PROMETHEUS_URL ?= http://localhost:9090
+
+.PHONY: install prepare-model serve test test-unit lint prometheus observability dashboard-png
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,3 +38,16 @@ test-unit: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# A real Prometheus for tests/integration/test_prometheus.py (Debian package; needs root).
+prometheus:
+	deploy/prometheus/install-prometheus.sh
+
+# Prometheus :9090 and Grafana :3000 next to a running app (needs a Docker engine).
+observability:
+	docker compose -f deploy/docker-compose.yml up -d
+
+# docs/dashboard.png from a running Prometheus that scraped some load.
+dashboard-png: $(STAMP)
+	$(PY) deploy/grafana/render_panels.py --prometheus $(PROMETHEUS_URL) --minutes 15 \
+		--output docs/dashboard.png

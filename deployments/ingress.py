@@ -6,6 +6,7 @@ replica through a streaming handle -> JSON or SSE. Every error leaves as an Open
 """
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -13,8 +14,10 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
+from ray.exceptions import TaskCancelledError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive
 
 from deployments.auth import APIKeyMiddleware, keys_from_env
 from deployments.engine_client import EngineClient
@@ -60,6 +63,20 @@ app = FastAPI(title="vLLM on Ray Serve", summary="OpenAI-compatible LLM serving"
 app.add_middleware(APIKeyMiddleware, keys=keys_from_env())
 app.add_middleware(HTTPMetricsMiddleware, tracked_paths=(CHAT_ROUTE, COMPLETIONS_ROUTE))
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class SSEResponse(StreamingResponse):
+    """A stream that ends quietly when its client goes away.
+
+    Serve tells the ingress of a disconnect by cancelling the request, which surfaces as
+    `TaskCancelledError` from `receive()`: that is a disconnect, not a server error.
+    """
+
+    media_type = "text/event-stream"
+
+    async def listen_for_disconnect(self, receive: Receive) -> None:
+        with contextlib.suppress(TaskCancelledError):
+            await super().listen_for_disconnect(receive)
 
 
 def _error_response(request: Request, error: OpenAIError) -> JSONResponse:
@@ -113,7 +130,7 @@ async def _respond(
     """SSE when the client asked to stream (once the first event is ready), else JSON."""
     if body.stream:
         events = await primed(service.stream(body))
-        return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS)
+        return SSEResponse(events, headers=_SSE_HEADERS)
     completion = await service.complete(body)
     return Response(completion.model_dump_json(), media_type="application/json")
 

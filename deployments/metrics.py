@@ -1,7 +1,8 @@
 """Serve-layer Prometheus metrics, exported through `ray.serve.metrics` from every replica.
 
 Ray prefixes each name with `ray_` (counters also get `_total`) and adds the tags
-`application`, `deployment` and `replica`. README ("Metrics") lists them all.
+`application`, `deployment` and `replica`. README ("Metrics and logs") and
+docs/observability.md list them all.
 """
 
 import asyncio

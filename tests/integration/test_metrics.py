@@ -9,7 +9,8 @@ import pytest
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 EXPORT_WAIT_S = 60
 
-# Every metric README documents, as Prometheus exposes it (Ray adds `ray_`, counters `_total`).
+# Every metric README and docs/observability.md document, as Prometheus exposes it (Ray adds
+# `ray_`, counters `_total`).
 SERVE_METRICS = [
     "ray_llm_requests_total",
     "ray_llm_requests_in_flight",
@@ -57,8 +58,9 @@ def small_load(http: httpx.Client, model: str) -> None:
         completion = {"model": model, "prompt": long_prompt, "max_tokens": 2}
         assert http.post("/v1/completions", json=completion).status_code == 200
     abandoned = {"model": model, "prompt": "Once", "max_tokens": 500, "stream": True}
-    with http.stream("POST", "/v1/completions", json=abandoned) as response:
-        next(response.iter_lines())
+    for _ in range(3):
+        with http.stream("POST", "/v1/completions", json=abandoned) as response:
+            next(response.iter_lines())
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +114,11 @@ def test_errors_are_labelled_by_type(exposition: str) -> None:
 def test_abandoned_stream_counts_as_aborted(exposition: str) -> None:
     lines = series(exposition, "ray_llm_requests_aborted_total")
     assert any('route="/v1/completions"' in line and not line.endswith(" 0.0") for line in lines)
+
+
+def test_a_client_that_leaves_is_no_server_error(exposition: str) -> None:
+    lines = series(exposition, "ray_llm_request_errors_total")
+    assert not any('error_type="server_error"' in line for line in lines)
 
 
 def test_ray_serve_own_metrics_are_included(exposition: str) -> None:
