@@ -12,6 +12,8 @@ from serve_app.constants import (
     DEFAULT_METRICS_EXPORT_PORT,
     DEFAULT_MODEL_ID,
     E2E_BUCKETS_S,
+    ENV_ACCELERATOR,
+    ENV_FAIL_FAST_ON_MISSING_GPUS,
     ENV_MODEL_NAME,
     ENV_SERVED_MODEL_NAME,
     ENV_TENSOR_PARALLEL_SIZE,
@@ -111,4 +113,9 @@ class AppConfig(BaseModel):
             merged["served_model_name"] = served
         if tp := env.get(ENV_TENSOR_PARALLEL_SIZE):
             merged["tensor_parallel_size"] = tp
+        # On an autoscaling cluster, GPUs may join after the deploy: name the accelerator.
+        if accelerator := env.get(ENV_ACCELERATOR):
+            merged["accelerator"] = accelerator
+        if fail_fast := env.get(ENV_FAIL_FAST_ON_MISSING_GPUS):
+            merged["fail_fast_on_missing_gpus"] = fail_fast
         return cls.model_validate(merged)

@@ -88,3 +88,10 @@ def test_metrics_defaults() -> None:
     metrics = AppConfig.from_args({}, {}).metrics
     assert metrics.engine_metrics is True
     assert metrics.export_port == 8080
+
+
+def test_accelerator_and_fail_fast_env_overrides() -> None:
+    env = {"ACCELERATOR": "gpu", "FAIL_FAST_ON_MISSING_GPUS": "false"}
+    config = AppConfig.from_args({"accelerator": "auto"}, env)
+    assert config.accelerator == "gpu"
+    assert config.fail_fast_on_missing_gpus is False

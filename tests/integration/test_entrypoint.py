@@ -1,0 +1,229 @@
+"""The one-container entrypoint, run as the images run it: `python -m serve_app.entrypoint`.
+
+The tests start the entrypoint as a subprocess with a Ray head of its own (free ports, its
+own temp dir), independent of the session's `base_url` deployment, and check how it ends.
+The default model's converted folder in the default cache is reused. How the entrypoint sizes
+its Ray head is in tests/unit/test_entrypoint.py.
+"""
+
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import psutil
+import pytest
+import ray.util
+import yaml
+
+from serve_app.constants import DEFAULT_MODEL_ID
+
+REPO = Path(__file__).resolve().parents[2]
+STARTUP_TIMEOUT_S = 600  # a bound for a loaded machine; about 2 minutes when idle
+EXIT_TIMEOUT_S = 150
+RAY_GONE_TIMEOUT_S = 30
+PORT_RANGE = (20000, 32000)  # Linux's ephemeral ports start at 32768
+
+
+def _free_port() -> int:
+    """A free port below the ephemeral range, where the many Ray processes on a busy machine
+    take theirs, so it is still free when the entrypoint binds it."""
+    while True:
+        port = random.randrange(*PORT_RANGE)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+
+
+@dataclass
+class Entrypoint:
+    process: subprocess.Popen[bytes]
+    log: Path
+    http_port: int
+    metrics_port: int
+    ray_port: int
+    ray_temp: str
+
+    def ray_left_running(self) -> list[str]:
+        """Command lines of processes still using this entrypoint's Ray temp dir (GCS, raylet,
+        agents name it in their arguments)."""
+        commands = (" ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"]))
+        return [command for command in commands if self.ray_temp in command]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def tree(self) -> list[psutil.Process]:
+        """The entrypoint's descendants: the Ray head, every Ray process, replicas, engines."""
+        return psutil.Process(self.process.pid).children(recursive=True)
+
+    def wait_healthy(self) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"exited early:\n{self.output()[-5000:]}"
+            try:
+                if httpx.get(f"{self.base_url}/health", timeout=5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(2)
+        pytest.fail(f"not healthy within {STARTUP_TIMEOUT_S}s:\n{self.output()[-5000:]}")
+
+
+def _alive(processes: list[psutil.Process]) -> list[psutil.Process]:
+    """Those still running (zombies waiting for a reaper count as gone)."""
+    alive = []
+    for process in processes:
+        try:
+            if process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                alive.append(process)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def _wait_gone(processes: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    deadline = time.monotonic() + timeout_s
+    while (alive := _alive(processes)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return alive
+
+
+def _wait_gone_by_name(entrypoint: Entrypoint) -> list[str]:
+    deadline = time.monotonic() + RAY_GONE_TIMEOUT_S
+    while (left := entrypoint.ray_left_running()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
+def _accepts_connections(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex((_node_ip(), port)) == 0
+
+
+def _node_ip() -> str:
+    return ray.util.get_node_ip_address()
+
+
+@pytest.fixture
+def start_entrypoint(tmp_path: Path) -> Iterator[Callable[..., Entrypoint]]:
+    """Start the entrypoint with extra environment; kill whatever is left at the end."""
+    started: list[Entrypoint] = []
+    ray_temp = tempfile.mkdtemp(prefix="ray-ep-")  # short: Ray's socket paths must be short
+
+    def start(**env_overrides: str) -> Entrypoint:
+        metrics_port, http_port, ray_port = _free_port(), _free_port(), _free_port()
+        config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+        config["applications"][0]["args"]["metrics"]["export_port"] = metrics_port
+        config_path = tmp_path / "serve_config.yaml"
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        ray_start_args = (
+            f"--temp-dir={ray_temp} --dashboard-agent-listen-port={_free_port()} "
+            f"--ray-client-server-port={_free_port()}"
+        )
+        env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+        env |= {
+            "PORT": str(http_port),
+            "RAY_PORT": str(ray_port),
+            "RAY_START_ARGS": ray_start_args,
+            "PYTHONUNBUFFERED": "1",
+            **env_overrides,
+        }
+        log = tmp_path / "entrypoint.log"
+        with log.open("wb") as sink:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "serve_app.entrypoint", str(config_path)],
+                cwd=REPO,
+                env=env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
+        entrypoint = Entrypoint(process, log, http_port, metrics_port, ray_port, ray_temp)
+        started.append(entrypoint)
+        return entrypoint
+
+    yield start
+    for entrypoint in started:
+        if entrypoint.process.poll() is None:
+            leftovers = entrypoint.tree()
+            entrypoint.process.kill()
+            for process in _alive(leftovers):
+                process.kill()
+            entrypoint.process.wait()
+    shutil.rmtree(ray_temp, ignore_errors=True)
+
+
+@pytest.mark.timeout(STARTUP_TIMEOUT_S + EXIT_TIMEOUT_S + 120)
+def test_entrypoint_serves_the_model_and_drains_on_sigterm(start_entrypoint) -> None:
+    entrypoint = start_entrypoint(API_KEYS="first-key,second-key")
+    entrypoint.wait_healthy()  # /health needs no key: load balancers probe it
+
+    keyless = httpx.get(f"{entrypoint.base_url}/v1/models", timeout=30)
+    assert keyless.status_code == 401
+    assert keyless.json()["error"]["code"] == "invalid_api_key"
+    client = openai.OpenAI(
+        base_url=f"{entrypoint.base_url}/v1", api_key="second-key", max_retries=0, timeout=120
+    )
+    reply = client.chat.completions.create(
+        model=DEFAULT_MODEL_ID,
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=32,
+        temperature=0,
+    )
+    assert "Paris" in reply.choices[0].message.content
+    assert "entrypoint INFO Healthy: GET" in entrypoint.output()
+    # The head exports Ray's metrics on the config's metrics.export_port.
+    scrape = httpx.get(f"http://127.0.0.1:{entrypoint.metrics_port}/metrics", timeout=10)
+    assert scrape.status_code == 200
+    assert "ray_" in scrape.text
+
+    ray_processes = entrypoint.tree()
+    assert len(ray_processes) > 3  # the runner, `ray start`, GCS, raylet, workers...
+    entrypoint.process.send_signal(signal.SIGTERM)
+    assert entrypoint.process.wait(EXIT_TIMEOUT_S) == 0, entrypoint.output()[-5000:]
+
+    leftovers = _wait_gone(ray_processes, RAY_GONE_TIMEOUT_S)
+    names = [process.name() for process in leftovers]
+    for process in leftovers:
+        process.kill()
+    assert names == []
+    assert _wait_gone_by_name(entrypoint) == []
+    assert not _accepts_connections(entrypoint.ray_port)
+    assert "Stopping the Serve app" in entrypoint.output()
+    assert "Stopping the Ray head" in entrypoint.output()
+
+
+@pytest.mark.timeout(STARTUP_TIMEOUT_S + 60)
+def test_entrypoint_exits_nonzero_with_the_reason_when_the_model_cannot_load(
+    start_entrypoint,
+) -> None:
+    entrypoint = start_entrypoint(MODEL_NAME="/nonexistent/path")
+    try:
+        code = entrypoint.process.wait(STARTUP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running after {STARTUP_TIMEOUT_S}s:\n{entrypoint.output()[-5000:]}")
+    output = entrypoint.output()
+    assert code == 1, output[-5000:]
+    assert "failed to deploy" in output  # Serve's message, relayed by the runner
+    assert "/nonexistent/path" in output
+    assert "entrypoint ERROR The application failed to start" in output
+    assert _wait_gone_by_name(entrypoint) == []
+    assert not _accepts_connections(entrypoint.ray_port)

@@ -1,0 +1,74 @@
+"""How the one-container entrypoint sizes and configures its Ray head (nothing is started)."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from serve_app.entrypoint import (
+    EntrypointSettings,
+    container_cpus,
+    ray_env,
+    ray_start_command,
+    visible_gpus,
+)
+
+
+def test_a_cgroup_v2_cpu_quota_caps_the_cpus(tmp_path: Path) -> None:
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert container_cpus(tmp_path) == 1
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert container_cpus(tmp_path) == len(os.sched_getaffinity(0))
+
+
+def test_a_cgroup_v1_cpu_quota_caps_the_cpus(tmp_path: Path) -> None:
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")
+    assert container_cpus(tmp_path) == 1
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert container_cpus(tmp_path) == len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize(
+    ("devices", "gpus"), [("0,1", 2), ("3", 1), ("", 0), ("0,-1,1", 1), ("-1", 0)]
+)
+def test_cuda_visible_devices_sets_the_gpu_count(devices: str, gpus: int) -> None:
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": devices}, nvidia_smi=None) == gpus
+
+
+def test_without_cuda_visible_devices_nvidia_smi_counts_the_gpus(tmp_path: Path) -> None:
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\nprintf '0\\n1\\n2\\n3\\n'\n")
+    fake.chmod(0o755)
+    assert visible_gpus({}, nvidia_smi=str(fake)) == 4
+    failing = tmp_path / "failing-nvidia-smi"
+    failing.write_text("#!/bin/sh\necho 'no devices' >&2\nexit 9\n")
+    failing.chmod(0o755)
+    assert visible_gpus({}, nvidia_smi=str(failing)) == 0
+    assert visible_gpus({}, nvidia_smi=None) == 0
+
+
+def test_ray_head_is_sized_blocking_and_dashboardless_by_default() -> None:
+    command = ray_start_command(EntrypointSettings(), "10.0.0.5", 6, 2, 8080)
+    assert command[command.index("start") :][:3] == ["start", "--head", "--block"]
+    for flag in ("--num-cpus=6", "--num-gpus=2", "--metrics-export-port=8080", "--port=6379"):
+        assert flag in command
+    assert "--node-ip-address=10.0.0.5" in command
+    assert "--include-dashboard=false" in command
+
+
+def test_ray_start_args_come_last_and_the_dashboard_binds_to_localhost() -> None:
+    settings = EntrypointSettings.model_validate(
+        {"RAY_DASHBOARD_PORT": "8265", "RAY_START_ARGS": "--num-cpus=7 --temp-dir=/tmp/r"}
+    )
+    command = ray_start_command(settings, "10.0.0.5", 6, 0, 8080)
+    assert command[-2:] == ["--num-cpus=7", "--temp-dir=/tmp/r"]  # click keeps the last value
+    assert "--dashboard-host=127.0.0.1" in command
+    assert "--dashboard-port=8265" in command
+
+
+def test_children_get_token_auth_and_not_an_inherited_ray_address() -> None:
+    env = ray_env({"RAY_ADDRESS": "elsewhere:6379", "MODEL_NAME": "m", "API_KEYS": "k"})
+    assert env == {"RAY_AUTH_MODE": "token", "MODEL_NAME": "m", "API_KEYS": "k"}
+    assert ray_env({"RAY_AUTH_MODE": "disabled"})["RAY_AUTH_MODE"] == "disabled"
