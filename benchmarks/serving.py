@@ -23,7 +23,6 @@ workload at fixed concurrency levels, recording TTFT, TPOT, ITL and end-to-end l
 import argparse
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -37,6 +36,8 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, Field
+
+from benchmarks.report import figure, machine
 
 REPO = Path(__file__).resolve().parents[1]
 PERCENTILE_METRICS = "ttft,tpot,itl,e2el"
@@ -265,46 +266,23 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def plot(stacks: Sequence[StackResult], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     panels = [
         ("Output throughput (tok/s)", lambda lv: lv.output_throughput),
         ("TTFT p50 (ms)", lambda lv: lv.ttft_ms["p50"]),
         ("ITL p99 (ms)", lambda lv: lv.itl_ms["p99"]),
     ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(15, 4.2))
-    width = 0.8 / len(stacks)
-    for ax, (label, value) in zip(axes, panels, strict=True):
-        for i, stack in enumerate(stacks):
-            xs = [j + i * width for j in range(len(stack.levels))]
-            ax.bar(xs, [value(lv) for lv in stack.levels], width, label=stack.name)
-        ax.set_xticks([j + width * (len(stacks) - 1) / 2 for j in range(len(stacks[0].levels))])
-        ax.set_xticklabels([str(lv.concurrency) for lv in stacks[0].levels])
-        ax.set_xlabel("concurrency")
-        ax.set_title(label)
-    axes[0].legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
-def machine() -> dict[str, Any]:
-    import ray
-    import vllm
-
-    from deployments.gpu_stats import read_gpu_memory
-
-    memory = read_gpu_memory([])
-    return {
-        "gpu": None if memory is None else f"{memory.count} x {memory.name}",
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "vllm": vllm.__version__,
-        "ray": ray.__version__,
-    }
+    with figure(path, 1, len(panels), figsize=(15, 4.2)) as (fig, axes):
+        width = 0.8 / len(stacks)
+        for ax, (label, value) in zip(axes, panels, strict=True):
+            for i, stack in enumerate(stacks):
+                xs = [j + i * width for j in range(len(stack.levels))]
+                ax.bar(xs, [value(lv) for lv in stack.levels], width, label=stack.name)
+            ax.set_xticks([j + width * (len(stacks) - 1) / 2 for j in range(len(stacks[0].levels))])
+            ax.set_xticklabels([str(lv.concurrency) for lv in stacks[0].levels])
+            ax.set_xlabel("concurrency")
+            ax.set_title(label)
+        axes[0].legend()
+        fig.suptitle(title)
 
 
 # ---- commands ---------------------------------------------------------------------------
