@@ -16,8 +16,13 @@ workload at fixed concurrency levels, recording TTFT, TPOT, ITL and end-to-end l
     python -m benchmarks.serving scale --dummy-8b --replicas 2 --concurrency 256 \\
         --num-prompts 1024 --out benchmarks/results/gpu
 
+    # our app alone, e.g. one variant of the serving path against an earlier compare
+    python -m benchmarks.serving ours --dummy-8b --ingress-replicas 2 --concurrency 32 128 \
+        --num-prompts 256 512 --out benchmarks/results/gpu/ingress2
+
 `compare` writes `<out>/serving.json` and `serving.png` and prints the ratio table;
-`scale` writes `scaling.json` and `scaling.png`.
+`scale` writes `scaling.json` and `scaling.png`; `ours` writes `ours.json` and `ours.png`.
+`--ingress-replicas N` (compare, scale, ours) runs N OpenAIIngress replicas.
 """
 
 import argparse
@@ -199,7 +204,7 @@ def bare_vllm(setup: EngineSetup, log: Path):
     return _running(cmd, dict(os.environ), f"http://127.0.0.1:{BARE_PORT}/health", log)
 
 
-def our_app(setup: EngineSetup, replicas: int, log: Path, config_dir: Path):
+def our_app(setup: EngineSetup, replicas: int, ingress_replicas: int, log: Path, config_dir: Path):
     """`python -m serve_app serve` on a copy of serve_config.yaml with the same engine args."""
     config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
     app = config["applications"][0]
@@ -212,7 +217,9 @@ def our_app(setup: EngineSetup, replicas: int, log: Path, config_dir: Path):
     )
     llm = next(d for d in app["deployments"] if d["name"] == "LLMServer")
     llm["autoscaling_config"].update(min_replicas=replicas, max_replicas=replicas)
-    path = config_dir / f"serve_config.{replicas}.yaml"
+    ingress = next(d for d in app["deployments"] if d["name"] == "OpenAIIngress")
+    ingress["num_replicas"] = ingress_replicas
+    path = config_dir / f"serve_config.{replicas}.{ingress_replicas}.yaml"
     path.write_text(yaml.safe_dump(config))
     env = dict(os.environ, PORT=str(OURS_PORT))
     cmd = [sys.executable, "-m", "serve_app", "serve", str(path)]
@@ -346,11 +353,13 @@ class Session:
         self.out.mkdir(parents=True, exist_ok=True)
         self.report_path = self.out / report_name
         self.setup = _engine_setup(args)
+        self.ingress_replicas: int = args.ingress_replicas
         self.config_dir = Path(tempfile.mkdtemp())
         self.report: dict[str, Any] = {
             "command": " ".join(["python", "-m", "benchmarks.serving", *sys.argv[1:]]),
             "machine": machine(),
             "engine": self.setup.model_dump(),
+            "ingress_replicas": args.ingress_replicas,
             "workload": workload.model_dump(),
             "stacks": [],
         }
@@ -360,7 +369,8 @@ class Session:
         return self._measure("bare vLLM", server, BARE_PORT, workload)
 
     def ours(self, workload: Workload, replicas: int = 1) -> StackResult:
-        server = our_app(self.setup, replicas, self.out / f"ours-{replicas}.log", self.config_dir)
+        log = self.out / f"ours-{replicas}.log"
+        server = our_app(self.setup, replicas, self.ingress_replicas, log, self.config_dir)
         return self._measure(f"ours ({replicas} replica(s))", server, OURS_PORT, workload)
 
     def _measure(self, name: str, server: Any, port: int, workload: Workload) -> StackResult:
@@ -418,10 +428,23 @@ def cmd_scale(args: argparse.Namespace) -> None:
     print(json.dumps(session.report["scaling"], indent=2))
 
 
+def cmd_ours(args: argparse.Namespace) -> None:
+    """Our app alone (`--replicas` LLM replicas), for trying one change of the serving path."""
+    workload = _workload(args)
+    session = Session(args, workload, "ours.json")
+    ours = session.ours(workload, args.replicas)
+    plot([ours], session.out / "ours.png", f"{session.setup.served_model_name}: ours")
+    for level in ours.levels:
+        print(
+            f"concurrency {level.concurrency}: {level.output_throughput:.0f} out tok/s, "
+            f"TTFT p50 {level.ttft_ms['p50']:.1f} ms, ITL p99 {level.itl_ms['p99']:.1f} ms"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.serving", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("run", "compare", "scale"):
+    for name in ("run", "compare", "scale", "ours"):
         p = sub.add_parser(name)
         p.add_argument("--concurrency", type=int, nargs="+", default=[1, 32, 128])
         p.add_argument("--num-prompts", type=int, nargs="+", default=[20, 256, 512])
@@ -433,16 +456,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     run.add_argument("--model", required=True, help="served model name")
     run.add_argument("--tokenizer", help="tokenizer path (default: the model name)")
     run.add_argument("--out", type=Path, default=Path("benchmarks/results/serving-run.json"))
-    for name in ("compare", "scale"):
+    for name in ("compare", "scale", "ours"):
         p = sub.choices[name]
         p.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct")
         p.add_argument("--dummy-8b", action="store_true", help="Llama-3-8B shape, dummy weights")
         p.add_argument("--max-model-len", type=int, default=4096)
         p.add_argument("--engine-kwargs", type=json.loads, default={})
+        p.add_argument("--ingress-replicas", type=int, default=1, help="OpenAIIngress replicas")
         p.add_argument("--out", type=Path, default=Path("benchmarks/results/serving"))
     sub.choices["scale"].add_argument("--replicas", type=int, default=2)
+    sub.choices["ours"].add_argument("--replicas", type=int, default=1)
     args = parser.parse_args(argv)
-    {"run": cmd_run, "compare": cmd_compare, "scale": cmd_scale}[args.command](args)
+    commands = {"run": cmd_run, "compare": cmd_compare, "scale": cmd_scale, "ours": cmd_ours}
+    commands[args.command](args)
 
 
 if __name__ == "__main__":
