@@ -2,9 +2,10 @@
 
 The walkthrough (`serve_app.walkthrough`) and the optimisation benchmarks (continuous
 batching, paged attention, prefix caching) time the engine itself, without the HTTP service
-in front of it. Engine creation and sampling parameters go through `deployments.vllm_compat`
-(`create_engine(..., ray_metrics=False)`, `sampling_params`) with the service's own engine
-arguments (`build_engine_kwargs`); everything else here keeps to vLLM's stable surface:
+in front of it. Engine creation, sampling parameters and the engine's KV usage go through
+`deployments.vllm_compat` (`create_engine(..., metrics="local")`, `sampling_params`,
+`local_kv_cache_usage`) with the service's own engine arguments (`build_engine_kwargs`);
+everything else here keeps to vLLM's stable surface:
 
 - `AsyncLLM.generate` (which aborts the request when its consumer is cancelled),
 - `engine.vllm_config` (cache, model and scheduler configs of the running engine),
@@ -234,7 +235,7 @@ async def open_lab(config: AppConfig) -> AsyncIterator[Lab]:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{config.cpu_kvcache_gib:g}")
     kwargs = build_engine_kwargs(config, accelerator)
     start = time.perf_counter()
-    engine = vllm_compat.create_engine(kwargs, ray_metrics=False)
+    engine = vllm_compat.create_engine(kwargs, metrics="local")
     startup_s = time.perf_counter() - start
     try:
         yield Lab(engine, PromptRenderer(kwargs["tokenizer"]), accelerator, startup_s)

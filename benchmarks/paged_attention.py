@@ -11,13 +11,14 @@ over the run, three ways:
   that knows the budget must hold); the waste is every budgeted token never generated;
 - contiguous to max_model_len: the naive preallocation of the whole context per sequence.
 
-Why computed rather than read from the engine: vLLM's block manager allocates exactly
-ceil(tokens / block_size) blocks to each running request, so replaying that rule on the
-measured token counts gives the blocks in use at every moment, without vLLM's stat-logger
-interface (declared unstable) or Ray's metrics (the served app exports the engine's own
-gauge as `vllm:kv_cache_usage_perc`). Two approximations, both against paging: a request
-counts from its submission (its blocks are allocated when its prefill is scheduled, a step
-later at most), and blocks shared through the prefix cache count once per request.
+Why replayed: the three ways need the same per-request token counts, and vLLM's block
+manager allocates ceil(tokens / block_size) blocks to each running request, so replaying
+that rule gives paging's blocks at every moment. Two approximations, both against paging: a
+request counts from its submission (its blocks are allocated when its prefill is scheduled,
+a step later at most), and blocks shared through the prefix cache count once per request.
+The engine's own account is recorded beside it: its `vllm:kv_cache_usage_perc` gauge
+(fraction of KV blocks in use), sampled every 10 ms during the run, as the check that the
+replay matches what the engine really held.
 
 The block size, block count and bytes per token are read from the running engine.
 
@@ -25,6 +26,7 @@ The block size, block count and bytes per token are read from the running engine
 """
 
 import argparse
+import asyncio
 import itertools
 import random
 import statistics
@@ -32,7 +34,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, Field, PositiveInt
 
@@ -49,9 +51,11 @@ from benchmarks.engine_lab import (
     save,
 )
 from benchmarks.report import figure
+from deployments import vllm_compat
 from deployments.generation import SamplingSpec
 
 MODULE = "benchmarks.paged_attention"
+SAMPLE_EVERY_S = 0.01
 _MIB = 1024**2
 _MAX_TIMELINE_POINTS = 400
 NOTE = "Note {i}: the shipment for order {i} left the warehouse on day {day} with {n} crates."
@@ -102,6 +106,16 @@ class KVSample(BaseModel):
     contiguous_max_len: int
 
 
+class EngineSample(BaseModel):
+    """KV slots (blocks in use x block size) the engine reported at time `t_s`."""
+
+    t_s: float
+    tokens: int
+
+
+S = TypeVar("S", KVSample, EngineSample)
+
+
 class Accounting(BaseModel):
     """One way of holding the KV cache, over the whole run."""
 
@@ -124,7 +138,11 @@ class PagedAttentionResult(DemoResult):
     paged: Accounting
     contiguous_budget: Accounting
     contiguous_max_len: Accounting
+    engine_peak_tokens: int = Field(
+        description="Most KV slots in use the engine reported (vllm:kv_cache_usage_perc)."
+    )
     timeline: list[KVSample]
+    engine_timeline: list[EngineSample]
 
 
 def replay(
@@ -171,21 +189,45 @@ def account(
     )
 
 
-def _thin(samples: list[KVSample]) -> list[KVSample]:
+def _thin(samples: list[S]) -> list[S]:
+    """At most about _MAX_TIMELINE_POINTS of them, evenly spaced, the last one kept."""
     step = max(1, len(samples) // _MAX_TIMELINE_POINTS)
     return samples[::step] + ([samples[-1]] if (len(samples) - 1) % step else [])
 
 
-async def measure(lab: Lab, workload: Workload) -> tuple[list[Completion], KVCacheLayout]:
+async def sample_engine_usage(
+    layout: KVCacheLayout, origin: float, samples: list[EngineSample]
+) -> None:
+    """Append the engine's KV usage (in token slots) every SAMPLE_EVERY_S until cancelled."""
+    while True:
+        usage = vllm_compat.local_kv_cache_usage()
+        if usage is not None:
+            tokens = round(usage * layout.num_blocks) * layout.block_size
+            samples.append(EngineSample(t_s=round(time.perf_counter() - origin, 4), tokens=tokens))
+        await asyncio.sleep(SAMPLE_EVERY_S)
+
+
+async def measure(
+    lab: Lab, workload: Workload
+) -> tuple[list[Completion], KVCacheLayout, list[EngineSample]]:
+    """All requests at once, the engine's own KV usage sampled meanwhile."""
     prompts = [lab.chat_prompt(text) for text in workload.prompts()]
     spec = SamplingSpec(max_tokens=workload.max_tokens, temperature=0.0)
-    completions = await lab.complete_all(prompts, [spec] * len(prompts), time.perf_counter())
-    return completions, lab.kv_layout()
+    layout = lab.kv_layout()
+    engine_samples: list[EngineSample] = []
+    origin = time.perf_counter()
+    sampler = asyncio.create_task(sample_engine_usage(layout, origin, engine_samples))
+    try:
+        completions = await lab.complete_all(prompts, [spec] * len(prompts), origin)
+    finally:
+        sampler.cancel()
+    return completions, layout, engine_samples
 
 
 def build_result(
     completions: Sequence[Completion],
     layout: KVCacheLayout,
+    engine_samples: list[EngineSample],
     workload: Workload,
     head: dict[str, Any],
 ) -> PagedAttentionResult:
@@ -204,13 +246,15 @@ def build_result(
         paged=account(samples, "paged", layout, mean_blocks * layout.block_size),
         contiguous_budget=account(samples, "contiguous_budget", layout, statistics.fmean(budgets)),
         contiguous_max_len=account(samples, "contiguous_max_len", layout, layout.max_model_len),
+        engine_peak_tokens=max((s.tokens for s in engine_samples), default=0),
         timeline=_thin(samples),
+        engine_timeline=_thin(engine_samples),
     )
 
 
 def plot(result: PagedAttentionResult, path: Path) -> None:
     """Left: KV slots held over the run, each way. Right: requests that fit at once."""
-    with figure(path, 1, 2, figsize=(13, 4.6), width_ratios=(2, 1)) as (fig, (left, right)):
+    with figure(path, 1, 2, figsize=(13, 5.8), width_ratios=(2, 1)) as (fig, (left, right)):
         t = [s.t_s for s in result.timeline]
         ways = [
             ("contiguous_max_len", f"contiguous, max_model_len ({result.layout.max_model_len})"),
@@ -223,13 +267,21 @@ def plot(result: PagedAttentionResult, path: Path) -> None:
         ]
         for field, name in ways:
             left.step(t, [getattr(s, field) for s in result.timeline], where="post", label=name)
+        left.step(
+            [s.t_s for s in result.engine_timeline],
+            [s.tokens for s in result.engine_timeline],
+            where="post",
+            color="black",
+            linestyle="--",
+            label="engine-reported blocks in use (vllm:kv_cache_usage_perc)",
+        )
         left.axhline(
             result.layout.capacity_tokens, color="black", linestyle=":", label="KV capacity"
         )
         left.set_yscale("log")
         left.set_xlabel("seconds")
         left.set_ylabel("KV slots held (tokens)")
-        left.legend(fontsize=8)
+        left.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
         left.set_title(
             f"waste: paged {result.paged.waste_ratio:.0%}, contiguous budget "
             f"{result.contiguous_budget.waste_ratio:.0%}, contiguous max_len "
@@ -261,8 +313,9 @@ def plot(result: PagedAttentionResult, path: Path) -> None:
 async def _run(args: argparse.Namespace, argv: Sequence[str]) -> PagedAttentionResult:
     workload = chosen_workload(args, FULL, QUICK)
     async with demo_lab(args) as lab:
-        completions, layout = await measure(lab, workload)
-    return build_result(completions, layout, workload, result_head(MODULE, argv, lab, args.model))
+        completions, layout, engine_samples = await measure(lab, workload)
+    head = result_head(MODULE, argv, lab, args.model)
+    return build_result(completions, layout, engine_samples, workload, head)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -48,7 +48,7 @@ class LLMServer:
         self._engine = vllm_compat.create_engine(
             build_engine_kwargs(config, accelerator),
             placement_group=placement_group,
-            ray_metrics=config.metrics.engine_metrics,
+            metrics="ray" if config.metrics.engine_metrics else "off",
         )
         self._info = ModelInfo(
             max_model_len=vllm_compat.max_model_len(self._engine),

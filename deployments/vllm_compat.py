@@ -5,8 +5,9 @@ project's engine-neutral `GenerationChunk`s.
 """
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
+from prometheus_client import REGISTRY
 from vllm import AsyncEngineArgs, SamplingParams
 from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.sampling_params import RequestOutputKind
@@ -32,13 +33,20 @@ except ImportError:  # vLLM 0.26: VLLMValidationError is a ValueError.
 REQUEST_ERRORS: tuple[type[Exception], ...] = (ValueError, _RequestError)
 
 
+EngineMetrics = Literal["ray", "local", "off"]
+_KV_CACHE_USAGE = "vllm:kv_cache_usage_perc"
+
+
 def create_engine(
-    engine_kwargs: Mapping[str, Any], placement_group: Any = None, ray_metrics: bool = True
+    engine_kwargs: Mapping[str, Any],
+    placement_group: Any = None,
+    metrics: EngineMetrics = "ray",
 ) -> AsyncLLM:
     """Start an AsyncLLM; a tensor-parallel engine places its Ray workers in `placement_group`.
 
-    With `ray_metrics`, vLLM's own metrics go out through Ray's metrics agent (as
-    `ray_vllm_*`) instead of an in-process Prometheus registry nobody scrapes.
+    `metrics`: "ray" sends vLLM's own metrics out through Ray's metrics agent (as
+    `ray_vllm_*`); "local" keeps vLLM's default loggers, its Prometheus metrics in this
+    process's registry (see `local_kv_cache_usage`); "off" records none.
     """
     vllm_config = AsyncEngineArgs(**engine_kwargs).create_engine_config(
         UsageContext.OPENAI_API_SERVER
@@ -48,9 +56,18 @@ def create_engine(
     return AsyncLLM.from_vllm_config(
         vllm_config,
         usage_context=UsageContext.OPENAI_API_SERVER,
-        stat_loggers=[RayPrometheusStatLogger] if ray_metrics else None,
-        disable_log_stats=not ray_metrics,
+        stat_loggers=[RayPrometheusStatLogger] if metrics == "ray" else None,
+        disable_log_stats=metrics == "off",
     )
+
+
+def local_kv_cache_usage() -> float | None:
+    """The fraction of KV blocks in use, as a "local"-metrics engine of this process last
+    reported it (`vllm:kv_cache_usage_perc`); None before its first report."""
+    for metric in REGISTRY.collect():
+        if metric.name == _KV_CACHE_USAGE:
+            return max((sample.value for sample in metric.samples), default=None)
+    return None
 
 
 def kv_cache_tokens(engine: AsyncLLM) -> int:

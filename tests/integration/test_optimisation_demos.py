@@ -143,6 +143,11 @@ def test_paged_kv_cache_wastes_less_than_contiguous_preallocation(tmp_path: Path
         assert sample["paged"] - sample["used"] < layout["block_size"] * sample["live_requests"] + 1
         assert sample["contiguous_max_len"] == sample["live_requests"] * layout["max_model_len"]
     paged, naive = result["paged"], result["contiguous_max_len"]
+    # The replay matches what the engine itself reported holding, within a block a request.
+    assert result["engine_timeline"]
+    assert 0 < result["engine_peak_tokens"] < naive["peak_tokens"]
+    tolerance = layout["block_size"] * result["workload"]["num_requests"]
+    assert abs(result["engine_peak_tokens"] - paged["peak_tokens"]) <= tolerance
     assert 0 <= paged["waste_ratio"] < naive["waste_ratio"]
     assert paged["peak_tokens"] < naive["peak_tokens"]
     assert paged["requests_that_fit"] > naive["requests_that_fit"]

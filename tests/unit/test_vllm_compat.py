@@ -1,5 +1,6 @@
 """Conversion between this project's payloads and vLLM's (real vLLM classes, no engine)."""
 
+from prometheus_client import REGISTRY, Gauge
 from vllm.logprobs import Logprob
 from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.sampling_params import RequestOutputKind
@@ -82,3 +83,15 @@ def test_infinite_logprobs_become_finite() -> None:
     (delta,) = vllm_compat.to_chunk(output([completion]), num_logprobs=0).choices
     assert delta.logprobs[0].logprob == -9999.0
     assert delta.logprobs[0].top == []
+
+
+def test_local_kv_cache_usage_reads_the_engine_gauge_of_this_process() -> None:
+    assert vllm_compat.local_kv_cache_usage() is None  # no engine has reported yet
+    gauge = Gauge(
+        "vllm:kv_cache_usage_perc", "KV-cache usage", ["model_name", "engine"], registry=REGISTRY
+    )
+    try:
+        gauge.labels(model_name="m", engine="0").set(0.25)
+        assert vllm_compat.local_kv_cache_usage() == 0.25
+    finally:
+        REGISTRY.unregister(gauge)
