@@ -43,6 +43,7 @@ import yaml
 from pydantic import BaseModel, Field
 
 from benchmarks.report import figure, machine
+from serve_app.constants import DEFAULT_CPU_KVCACHE_GIB
 
 REPO = Path(__file__).resolve().parents[1]
 PERCENTILE_METRICS = "ttft,tpot,itl,e2el"
@@ -201,7 +202,10 @@ def bare_vllm(setup: EngineSetup, log: Path):
     for key, value in setup.engine_kwargs.items():
         flag = "--" + key.replace("_", "-")
         cmd += [flag] if value is True else [flag, str(value)]
-    return _running(cmd, dict(os.environ), f"http://127.0.0.1:{BARE_PORT}/health", log)
+    env = dict(os.environ)
+    if not _has_cuda():  # the KV cache our LLMServer gives the CPU backend (cpu_kvcache_gib)
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{DEFAULT_CPU_KVCACHE_GIB:g}")
+    return _running(cmd, env, f"http://127.0.0.1:{BARE_PORT}/health", log)
 
 
 def our_app(setup: EngineSetup, replicas: int, ingress_replicas: int, log: Path, config_dir: Path):
@@ -336,13 +340,21 @@ def _engine_setup(args: argparse.Namespace) -> EngineSetup:
     from serve_app.default_model import resolve_model
 
     model = resolve_model(args.model)
+    # On CPU our engine arguments run eager (see deployments/engine_args.py): so does bare vLLM.
+    cpu_defaults = {} if _has_cuda() else {"enforce_eager": True}
     return EngineSetup(
         model=model,
         served_model_name=args.model,
         tokenizer=model,
         max_model_len=args.max_model_len,
-        engine_kwargs=args.engine_kwargs,
+        engine_kwargs={**cpu_defaults, **args.engine_kwargs},
     )
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 class Session:
@@ -358,7 +370,8 @@ class Session:
         self.report: dict[str, Any] = {
             "command": " ".join(["python", "-m", "benchmarks.serving", *sys.argv[1:]]),
             "machine": machine(),
-            "engine": self.setup.model_dump(),
+            # Model and tokenizer paths are where this machine keeps them: the name says which.
+            "engine": self.setup.model_dump(exclude={"model", "tokenizer"}),
             "ingress_replicas": args.ingress_replicas,
             "workload": workload.model_dump(),
             "stacks": [],
