@@ -20,36 +20,29 @@ import argparse
 import asyncio
 import gc
 import json
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import torch
 from pydantic import BaseModel, Field
 from vllm.v1.engine.async_llm import AsyncLLM
 
-from benchmarks.report import machine
+from benchmarks.report import Accelerator, detect_accelerator, machine
 from deployments import vllm_compat
-from deployments.engine_args import build_engine_kwargs
+from deployments.engine_args import build_engine_kwargs, set_cpu_kvcache_space
 from deployments.generation import SamplingSpec
 from deployments.prompts import PromptRenderer
 from deployments.protocol import ChatMessage
 from serve_app.config import AppConfig
 from serve_app.constants import DEFAULT_MODEL_ID
 
-Accelerator = Literal["cpu", "gpu"]
 T = TypeVar("T")
 _WARMUP_PROMPT = [1, 2, 3, 4]
-
-
-def detect_accelerator() -> Accelerator:
-    """The GPU when torch sees one, else vLLM's CPU backend."""
-    return "gpu" if torch.cuda.is_available() else "cpu"
 
 
 class KVCacheLayout(BaseModel):
@@ -232,7 +225,7 @@ async def open_lab(config: AppConfig) -> AsyncIterator[Lab]:
     """Start an engine with the service's engine arguments for `config`; shut it down on exit."""
     accelerator = detect_accelerator()
     if accelerator == "cpu":
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{config.cpu_kvcache_gib:g}")
+        set_cpu_kvcache_space(config)
     kwargs = build_engine_kwargs(config, accelerator)
     start = time.perf_counter()
     engine = vllm_compat.create_engine(kwargs, metrics="local")
@@ -254,19 +247,14 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
     return result
 
 
-def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
-    """The engine options every demo takes (an argparse parser)."""
+def demo_parser(module: str, doc: str, repeats: bool = True) -> argparse.ArgumentParser:
+    """An optimisation benchmark's command line: engine options, `--quick`, `--out`."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.splitlines()[0])
     parser.add_argument("--model", default=DEFAULT_MODEL_ID, help="Hugging Face id or path")
     parser.add_argument("--tensor-parallel-size", type=int, default=1)
     parser.add_argument(
         "--engine-kwargs", type=_json_object, default={}, help="extra AsyncEngineArgs (JSON)"
     )
-
-
-def demo_parser(module: str, doc: str, repeats: bool = True) -> argparse.ArgumentParser:
-    """An optimisation benchmark's command line: engine options, `--quick`, `--out`."""
-    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.splitlines()[0])
-    add_engine_arguments(parser)
     parser.add_argument("--quick", action="store_true", help="CI-sized workload")
     if repeats:
         parser.add_argument("--repeats", type=int, help="override the workload's repeats")

@@ -1,7 +1,7 @@
 """What every benchmark result carries besides its figures: the machine, and the plot's frame.
 
-`machine()` describes where the figures were measured; `figure()` opens a matplotlib figure
-(headless backend) and writes it to its PNG when the drawing is done.
+`machine()` and `detect_accelerator()` describe where the figures were measured; `figure()`
+opens a matplotlib figure (headless backend) and writes it to its PNG when the drawing is done.
 """
 
 import os
@@ -9,13 +9,21 @@ import platform
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+Accelerator = Literal["cpu", "gpu"]
 _GIB = 1024**3
 DPI = 110
+
+
+def detect_accelerator() -> Accelerator:
+    """The GPU when torch sees one, else vLLM's CPU backend."""
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"
 
 
 @contextmanager

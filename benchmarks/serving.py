@@ -42,8 +42,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field
 
-from benchmarks.report import figure, machine
-from serve_app.constants import DEFAULT_CPU_KVCACHE_GIB
+from benchmarks.report import detect_accelerator, figure, machine
+from deployments.engine_args import build_engine_kwargs, set_cpu_kvcache_space
+from serve_app.config import AppConfig
 
 REPO = Path(__file__).resolve().parents[1]
 PERCENTILE_METRICS = "ttft,tpot,itl,e2el"
@@ -203,8 +204,8 @@ def bare_vllm(setup: EngineSetup, log: Path):
         flag = "--" + key.replace("_", "-")
         cmd += [flag] if value is True else [flag, str(value)]
     env = dict(os.environ)
-    if not _has_cuda():  # the KV cache our LLMServer gives the CPU backend (cpu_kvcache_gib)
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{DEFAULT_CPU_KVCACHE_GIB:g}")
+    if detect_accelerator() == "cpu":  # the KV cache our LLMServer gives the CPU backend
+        set_cpu_kvcache_space(AppConfig(), env)
     return _running(cmd, env, f"http://127.0.0.1:{BARE_PORT}/health", log)
 
 
@@ -337,24 +338,19 @@ def _engine_setup(args: argparse.Namespace) -> EngineSetup:
             max_model_len=args.max_model_len,
             engine_kwargs={"load_format": "dummy", **args.engine_kwargs},
         )
-    from serve_app.default_model import resolve_model
-
-    model = resolve_model(args.model)
-    # On CPU our engine arguments run eager (see deployments/engine_args.py): so does bare vLLM.
-    cpu_defaults = {} if _has_cuda() else {"enforce_eager": True}
-    return EngineSetup(
-        model=model,
-        served_model_name=args.model,
-        tokenizer=model,
-        max_model_len=args.max_model_len,
-        engine_kwargs={**cpu_defaults, **args.engine_kwargs},
+    # The engine arguments our LLMServer would use (on CPU: eager), for both stacks.
+    config = AppConfig(
+        model=args.model, max_model_len=args.max_model_len, engine_kwargs=args.engine_kwargs
     )
-
-
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+    kwargs = build_engine_kwargs(config, detect_accelerator())
+    kwargs.pop("tensor_parallel_size")
+    return EngineSetup(
+        model=kwargs.pop("model"),
+        served_model_name=kwargs.pop("served_model_name"),
+        tokenizer=kwargs.pop("tokenizer"),
+        max_model_len=kwargs.pop("max_model_len", None),
+        engine_kwargs=kwargs,
+    )
 
 
 class Session:

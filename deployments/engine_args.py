@@ -1,5 +1,7 @@
 """vLLM engine arguments for one replica, derived from the application config."""
 
+import os
+from collections.abc import MutableMapping
 from typing import Any, Literal
 
 from serve_app.config import AppConfig
@@ -23,3 +25,9 @@ def build_engine_kwargs(config: AppConfig, accelerator: Literal["cpu", "gpu"]) -
         kwargs["distributed_executor_backend"] = "ray"
     kwargs.update(config.engine_kwargs)
     return {key: value for key, value in kwargs.items() if value is not None}
+
+
+def set_cpu_kvcache_space(config: AppConfig, env: MutableMapping[str, str] = os.environ) -> None:
+    """The CPU backend's KV-cache size (an environment variable, not an engine argument),
+    unless `env` already sets it."""
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{config.cpu_kvcache_gib:g}")

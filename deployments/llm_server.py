@@ -6,7 +6,6 @@ request in the engine; Serve's health check calls the engine's, so a dead engine
 replica replaced.
 """
 
-import os
 import time
 from collections.abc import AsyncIterator
 from typing import Literal
@@ -16,7 +15,7 @@ from ray import serve
 from ray.serve.metrics import Histogram
 
 from deployments import vllm_compat
-from deployments.engine_args import build_engine_kwargs
+from deployments.engine_args import build_engine_kwargs, set_cpu_kvcache_space
 from deployments.errors import invalid_request
 from deployments.generation import (
     EngineStats,
@@ -41,7 +40,7 @@ class LLMServer:
         self._config = config
         self._accelerator = accelerator
         if accelerator == "cpu":
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{config.cpu_kvcache_gib:g}")
+            set_cpu_kvcache_space(config)
         placement_group = (
             ray.util.get_current_placement_group() if config.tensor_parallel_size > 1 else None
         )

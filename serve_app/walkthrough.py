@@ -206,8 +206,7 @@ def environment_step() -> Environment:
         import_seconds[name] = round(time.perf_counter() - start, 2)
     import psutil
 
-    from benchmarks.engine_lab import detect_accelerator
-    from benchmarks.report import machine
+    from benchmarks.report import detect_accelerator, machine
 
     info = machine()
     accelerator = detect_accelerator()

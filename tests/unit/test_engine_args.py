@@ -1,6 +1,6 @@
 """vLLM engine arguments derived from the app config."""
 
-from deployments.engine_args import build_engine_kwargs
+from deployments.engine_args import build_engine_kwargs, set_cpu_kvcache_space
 from serve_app.config import AppConfig
 
 
@@ -38,3 +38,11 @@ def test_served_name_and_tokenizer_are_passed() -> None:
     kwargs = build_engine_kwargs(config(served_model_name="chat", tokenizer="org/tok"), "gpu")
     assert kwargs["served_model_name"] == "chat"
     assert kwargs["tokenizer"] == "org/tok"
+
+
+def test_cpu_kvcache_space_comes_from_the_config_unless_already_set() -> None:
+    env: dict[str, str] = {}
+    set_cpu_kvcache_space(config(cpu_kvcache_gib=2.5), env)
+    assert env == {"VLLM_CPU_KVCACHE_SPACE": "2.5"}
+    set_cpu_kvcache_space(config(cpu_kvcache_gib=4), env)
+    assert env == {"VLLM_CPU_KVCACHE_SPACE": "2.5"}
