@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The runs made on the GPU test machine (H100/H200, vLLM 0.26 + Ray 2.60 carried as wheels,
 # see ../shared/gpu/README.md), after `bash /tmp/chunks/device-install.sh`:
-#   bash benchmarks/gpu_run.sh compare|scale|experiments|tests OUT_DIR
+#   bash benchmarks/gpu_run.sh compare|scale|experiments|tests OUT_DIR [EXTRA_ARGS...]
 # compare: bare vLLM vs our app, Llama-3-8B shape with dummy weights, 512 in / 128 out tokens.
 # scale:   our app with 1 then 2 replicas (one GPU each) at concurrency 256.
 # tests:   pytest tests/gpu (1 and 2 GPUs).
-# experiments: our app alone at concurrency 32 and 128, once per change of the serving path
-#          that results/NOTES.md "Next" lists (each into its own folder of OUT_DIR).
+# experiments: our app alone at concurrency 32 and 128, once per variant of the serving path
+#          (results/NOTES.md, 4), each in its own folder.
+# On the device tool, which brings back at most 8 files, run it on a folder of /tmp and pack
+# that into $OUT afterwards (also when a time limit stops it):
+#   timeout 540 bash benchmarks/gpu_run.sh compare /tmp/r/compare; tar -czf $OUT/r.tgz -C /tmp r
 set -euo pipefail
 export PYTHONPATH=/tmp/site:$PWD NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 \
   NVSHMEM_DISABLE_NVLS=1 HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 RAY_USAGE_STATS_ENABLED=0 \
@@ -17,17 +20,22 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 case $1 in
   compare)
     python3 -m benchmarks.serving compare --dummy-8b --concurrency 1 32 128 \
-      --num-prompts 16 256 512 --input-len 512 --output-len 128 --out "$out" ;;
+      --num-prompts 16 256 512 --input-len 512 --output-len 128 --out "$out" "${@:3}" ;;
   scale)
     python3 -m benchmarks.serving scale --dummy-8b --replicas 2 --concurrency 256 \
-      --num-prompts 1024 --input-len 512 --output-len 128 --out "$out" ;;
+      --num-prompts 1024 --input-len 512 --output-len 128 --out "$out" "${@:3}" ;;
   experiments)
     ours=(python3 -m benchmarks.serving ours --dummy-8b --concurrency 32 128
       --num-prompts 256 512 --input-len 512 --output-len 128)
-    "${ours[@]}" --out "$out/paced"
-    "${ours[@]}" --ingress-replicas 2 --out "$out/ingress2"
-    RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0 RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0 \
-      "${ours[@]}" --out "$out/one-loop" ;;
+    "${ours[@]}" --app-args '{"max_chunks_per_second": null}' --out "$out/grpc-unpaced"
+    "${ours[@]}" --app-args '{"engine_transport": "actor"}' --out "$out/actor-paced"
+    RAY_SERVE_PROXY_USE_GRPC=1 RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0 \
+      RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0 \
+      "${ours[@]}" --app-args '{"max_chunks_per_second": null}' --out "$out/grpc-unpaced-oneloop" ;;
+  one-loop)
+    RAY_SERVE_PROXY_USE_GRPC=1 RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0 \
+      RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0 python3 -m benchmarks.serving ours --dummy-8b \
+      --concurrency 32 128 --num-prompts 256 512 --out "$out" "${@:3}" ;;
   tests)
     python3 -m pytest tests/gpu -v -p no:cacheprovider -o addopts="" 2>&1 | tee "$out/gpu-tests.log" ;;
   *) echo "usage: $0 compare|scale|experiments|tests OUT_DIR" >&2; exit 2 ;;

@@ -22,7 +22,8 @@ workload at fixed concurrency levels, recording TTFT, TPOT, ITL and end-to-end l
 
 `compare` writes `<out>/serving.json` and `serving.png` and prints the ratio table;
 `scale` writes `scaling.json` and `scaling.png`; `ours` writes `ours.json` and `ours.png`.
-`--ingress-replicas N` (compare, scale, ours) runs N OpenAIIngress replicas.
+`--ingress-replicas N` (compare, scale, ours) runs N OpenAIIngress replicas; `--app-args JSON`
+overrides serve_config.yaml's app args, e.g. `'{"engine_transport": "actor"}'`.
 """
 
 import argparse
@@ -209,7 +210,17 @@ def bare_vllm(setup: EngineSetup, log: Path):
     return _running(cmd, env, f"http://127.0.0.1:{BARE_PORT}/health", log)
 
 
-def our_app(setup: EngineSetup, replicas: int, ingress_replicas: int, log: Path, config_dir: Path):
+class OurAppOptions(BaseModel):
+    """How our app is deployed for a run, beyond the engine setup both stacks share."""
+
+    replicas: int = 1
+    ingress_replicas: int = 1
+    app_args: dict[str, Any] = Field(
+        default_factory=dict, description="Overrides of serve_config.yaml's app args."
+    )
+
+
+def our_app(setup: EngineSetup, options: OurAppOptions, log: Path, config_dir: Path):
     """`python -m serve_app serve` on a copy of serve_config.yaml with the same engine args."""
     config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
     app = config["applications"][0]
@@ -219,12 +230,14 @@ def our_app(setup: EngineSetup, replicas: int, ingress_replicas: int, log: Path,
         tokenizer=setup.tokenizer,
         max_model_len=setup.max_model_len,
         engine_kwargs=setup.engine_kwargs,
+        **options.app_args,
     )
+    AppConfig.model_validate(app["args"])  # a typo in --app-args fails here, not in Serve
     llm = next(d for d in app["deployments"] if d["name"] == "LLMServer")
-    llm["autoscaling_config"].update(min_replicas=replicas, max_replicas=replicas)
+    llm["autoscaling_config"].update(min_replicas=options.replicas, max_replicas=options.replicas)
     ingress = next(d for d in app["deployments"] if d["name"] == "OpenAIIngress")
-    ingress["num_replicas"] = ingress_replicas
-    path = config_dir / f"serve_config.{replicas}.{ingress_replicas}.yaml"
+    ingress["num_replicas"] = options.ingress_replicas
+    path = config_dir / f"serve_config.{options.replicas}.{options.ingress_replicas}.yaml"
     path.write_text(yaml.safe_dump(config))
     env = dict(os.environ, PORT=str(OURS_PORT))
     cmd = [sys.executable, "-m", "serve_app", "serve", str(path)]
@@ -361,7 +374,9 @@ class Session:
         self.out.mkdir(parents=True, exist_ok=True)
         self.report_path = self.out / report_name
         self.setup = _engine_setup(args)
-        self.ingress_replicas: int = args.ingress_replicas
+        self.app_options = OurAppOptions(
+            ingress_replicas=args.ingress_replicas, app_args=args.app_args
+        )
         self.config_dir = Path(tempfile.mkdtemp())
         self.report: dict[str, Any] = {
             "command": " ".join(["python", "-m", "benchmarks.serving", *sys.argv[1:]]),
@@ -369,6 +384,7 @@ class Session:
             # Model and tokenizer paths are where this machine keeps them: the name says which.
             "engine": self.setup.model_dump(exclude={"model", "tokenizer"}),
             "ingress_replicas": args.ingress_replicas,
+            "app_args": args.app_args,
             "workload": workload.model_dump(),
             "stacks": [],
         }
@@ -379,7 +395,8 @@ class Session:
 
     def ours(self, workload: Workload, replicas: int = 1) -> StackResult:
         log = self.out / f"ours-{replicas}.log"
-        server = our_app(self.setup, replicas, self.ingress_replicas, log, self.config_dir)
+        options = self.app_options.model_copy(update={"replicas": replicas})
+        server = our_app(self.setup, options, log, self.config_dir)
         return self._measure(f"ours ({replicas} replica(s))", server, OURS_PORT, workload)
 
     def _measure(self, name: str, server: Any, port: int, workload: Workload) -> StackResult:
@@ -472,6 +489,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.add_argument("--max-model-len", type=int, default=4096)
         p.add_argument("--engine-kwargs", type=json.loads, default={})
         p.add_argument("--ingress-replicas", type=int, default=1, help="OpenAIIngress replicas")
+        p.add_argument("--app-args", type=json.loads, default={}, help="app args to override")
         p.add_argument("--out", type=Path, default=Path("benchmarks/results/serving"))
     sub.choices["scale"].add_argument("--replicas", type=int, default=2)
     sub.choices["ours"].add_argument("--replicas", type=int, default=1)

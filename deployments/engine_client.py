@@ -1,4 +1,9 @@
-"""The ingress's view of the LLM-server deployment: a streaming handle with errors mapped."""
+"""The ingress's view of the LLM-server deployment: a streaming handle with errors mapped.
+
+Token streams go over Serve's gRPC channel between replicas by default: every chunk is one
+gRPC message, pickled, instead of one Ray object reported through the actor-task streaming
+generator, which costs 2 to 7 times more per chunk (benchmarks/stream_transport.py).
+"""
 
 import asyncio
 import contextlib
@@ -10,14 +15,21 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.errors import OpenAIError, internal_error, service_unavailable
 from deployments.generation import EngineStats, GenerateRequest, GenerationChunk, ModelInfo
+from serve_app.config import EngineTransport
 
 
 class EngineClient:
     """Calls LLMServer replicas; every failure comes out as an `OpenAIError`."""
 
-    def __init__(self, handle: DeploymentHandle) -> None:
+    def __init__(self, handle: DeploymentHandle, transport: EngineTransport) -> None:
         self._handle = handle
-        self._stream_handle = handle.options(stream=True)
+        # Our payloads are importable pydantic models: plain pickle, not cloudpickle.
+        self._stream_handle = handle.options(
+            stream=True,
+            _by_reference=transport == "actor",
+            request_serialization="pickle",
+            response_serialization="pickle",
+        )
         self._info: ModelInfo | None = None
         self._info_lock = asyncio.Lock()
 

@@ -142,7 +142,7 @@ class OpenAIIngress:
 
     async def __init__(self, llm_server: DeploymentHandle, config: AppConfig) -> None:
         self._config = config
-        self._engine = EngineClient(llm_server)
+        self._engine = EngineClient(llm_server, config.engine_transport)
         self._metrics = IngressMetrics(config.served_name, config.metrics)
         app.state.metrics = self._metrics
         self._gauge_refresher = asyncio.create_task(self._metrics.keep_gauges_alive())

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, f
 
 from serve_app.constants import (
     DEFAULT_CPU_KVCACHE_GIB,
+    DEFAULT_ENGINE_TRANSPORT,
     DEFAULT_MAX_CHUNKS_PER_SECOND,
     DEFAULT_METRICS_EXPORT_PORT,
     DEFAULT_MODEL_ID,
@@ -23,6 +24,7 @@ from serve_app.constants import (
 )
 
 Accelerator = Literal["auto", "cpu", "gpu"]
+EngineTransport = Literal["grpc", "actor"]
 
 
 Buckets = Annotated[list[PositiveFloat], Field(min_length=1)]
@@ -92,6 +94,11 @@ class AppConfig(BaseModel):
         description="Per LLM replica: above this rate of stream chunks, merge tokens into "
         "fewer chunks (null: one chunk per token always).",
     )
+    engine_transport: EngineTransport = Field(
+        DEFAULT_ENGINE_TRANSPORT,
+        description="How token streams travel from LLM replicas to the ingress: grpc "
+        "(Serve's replica-to-replica gRPC channel) or actor (Ray actor-task streaming).",
+    )
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Extra vLLM AsyncEngineArgs, applied last."
@@ -104,7 +111,7 @@ class AppConfig(BaseModel):
     @classmethod
     def from_args(cls, args: Mapping[str, Any], env: Mapping[str, str]) -> "AppConfig":
         """Validate builder args, letting the guide's environment variables override them."""
-        merged = {key: value for key, value in args.items() if value is not None}
+        merged = dict(args)  # null keeps its meaning (e.g. max_chunks_per_second: no pacing)
         if model := env.get(ENV_MODEL_NAME):
             merged["model"] = model
             merged.pop("served_model_name", None)

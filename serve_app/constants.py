@@ -30,6 +30,12 @@ DEFAULT_CPU_KVCACHE_GIB: Final = 1.0
 # replica forwarded about 2 300/s on the GPU test machine).
 DEFAULT_MAX_CHUNKS_PER_SECOND: Final = 2000.0
 
+# Transport of the ingress -> LLM-server token streams. "grpc": Ray Serve's gRPC channel
+# between replicas (one message per chunk, pickled); "actor": Ray actor-task streaming (an
+# object per chunk). On 2 cores, 32 streams: 19 300 vs 2 900 chunks/s
+# (benchmarks/stream_transport.py).
+DEFAULT_ENGINE_TRANSPORT: Final = "grpc"
+
 # OpenAI defaults.
 DEFAULT_COMPLETION_MAX_TOKENS: Final = 16
 MAX_STOP_SEQUENCES: Final = 16

@@ -7,7 +7,7 @@ import yaml
 from pydantic import ValidationError
 
 from serve_app.config import AppConfig
-from serve_app.constants import DEFAULT_MODEL_ID
+from serve_app.constants import DEFAULT_MAX_CHUNKS_PER_SECOND, DEFAULT_MODEL_ID
 from serve_app.runner import load_deploy_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,3 +95,9 @@ def test_accelerator_and_fail_fast_env_overrides() -> None:
     config = AppConfig.from_args({"accelerator": "auto"}, env)
     assert config.accelerator == "gpu"
     assert config.fail_fast_on_missing_gpus is False
+
+
+def test_null_pacing_in_the_args_turns_pacing_off() -> None:
+    config = AppConfig.from_args({"max_chunks_per_second": None, "max_model_len": None}, {})
+    assert config.max_chunks_per_second is None
+    assert AppConfig.from_args({}, {}).max_chunks_per_second == DEFAULT_MAX_CHUNKS_PER_SECOND

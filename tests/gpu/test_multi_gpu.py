@@ -1,4 +1,5 @@
-"""Two GPUs: one tensor-parallel replica across both, or two replicas with one each."""
+"""Across GPUs: one tensor-parallel replica over two, or two replicas with one each; and a
+tensor-parallel replica refused at once when fewer GPUs are free (on any GPU machine)."""
 
 import re
 import time
@@ -10,11 +11,10 @@ import ray
 
 from deployments.gpu_stats import read_gpu_memory
 from serve_app.runner import DeployFailedError
-from tests.gpu.conftest import ask_concurrently, deployed, dummy_8b
-
-pytestmark = pytest.mark.gpus(2)
+from tests.gpu.conftest import ask_concurrently, deployed, dummy_8b, gpu_count
 
 
+@pytest.mark.gpus(2)
 def test_tensor_parallel_replica_spans_both_gpus(
     ray_cluster: None, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -46,7 +46,8 @@ def test_tensor_parallel_replica_spans_both_gpus(
         assert any(c.choices and c.choices[0].finish_reason == "length" for c in chunks)
 
 
-def test_tensor_parallel_fails_fast_when_one_gpu_is_taken(
+@pytest.mark.gpus(1)
+def test_tensor_parallel_fails_fast_when_only_one_gpu_is_free(
     ray_cluster: None, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     @ray.remote(num_gpus=1)
@@ -54,21 +55,29 @@ def test_tensor_parallel_fails_fast_when_one_gpu_is_taken(
         def ready(self) -> bool:
             return True
 
-    holder = GPUHolder.remote()
-    ray.get(holder.ready.remote())
+    gpus = gpu_count()
+    holders = [GPUHolder.remote() for _ in range(gpus - 1)]  # leave exactly one free
+    ray.get([holder.ready.remote() for holder in holders])
     args = {"model": dummy_8b(tmp_path_factory), "tensor_parallel_size": 2}
+    reason = (
+        "needs 2 free GPUs, but only 1 are free"
+        if gpus > 1
+        else r"needs 2 GPUs on one node \(STRICT_PACK\), but the largest node has 1"
+    )
     started = time.monotonic()
     try:
         with (
-            pytest.raises(DeployFailedError, match="needs 2 free GPUs, but only 1 are free"),
+            pytest.raises(DeployFailedError, match=reason),
             deployed(args),
         ):
             pass
     finally:
-        ray.kill(holder)
+        for holder in holders:
+            ray.kill(holder)
     assert time.monotonic() - started < 120
 
 
+@pytest.mark.gpus(2)
 def test_two_replicas_on_two_gpus_share_the_traffic(ray_cluster: None) -> None:
     args = {"accelerator": "gpu", "engine_kwargs": {"gpu_memory_utilization": 0.3}}
     replicas = {"autoscaling_config": {"min_replicas": 2, "max_replicas": 2}}
