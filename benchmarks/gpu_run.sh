@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The runs made on the GPU test machine (H100/H200, vLLM 0.26 + Ray 2.60 carried as wheels,
 # see ../shared/gpu/README.md), after `bash /tmp/chunks/device-install.sh`:
-#   bash benchmarks/gpu_run.sh compare|scale|experiments|tests OUT_DIR [EXTRA_ARGS...]
+#   bash benchmarks/gpu_run.sh compare|scale|experiments|one-loop|tests OUT_DIR [EXTRA_ARGS...]
 # compare: bare vLLM vs our app, Llama-3-8B shape with dummy weights, 512 in / 128 out tokens.
 # scale:   our app with 1 then 2 replicas (one GPU each) at concurrency 256.
 # tests:   pytest tests/gpu (1 and 2 GPUs).
 # experiments: our app alone at concurrency 32 and 128, once per variant of the serving path
 #          (results/NOTES.md, 4), each in its own folder.
+# one-loop: our app alone as in experiments, with Serve's user code and router on each
+#          replica's main loop and the proxy reaching the ingress over gRPC.
 # On the device tool, which brings back at most 8 files, run it on a folder of /tmp and pack
 # that into $OUT afterwards (also when a time limit stops it):
 #   timeout 540 bash benchmarks/gpu_run.sh compare /tmp/r/compare; tar -czf $OUT/r.tgz -C /tmp r
@@ -17,6 +19,10 @@ export PYTHONPATH=/tmp/site:$PWD NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTI
 out=$2
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpus.txt"
+ours=(python3 -m benchmarks.serving ours --dummy-8b --concurrency 32 128 --num-prompts 256 512
+  --input-len 512 --output-len 128)
+one_loop=(env RAY_SERVE_PROXY_USE_GRPC=1 RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0
+  RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0)
 case $1 in
   compare)
     python3 -m benchmarks.serving compare --dummy-8b --concurrency 1 32 128 \
@@ -25,18 +31,13 @@ case $1 in
     python3 -m benchmarks.serving scale --dummy-8b --replicas 2 --concurrency 256 \
       --num-prompts 1024 --input-len 512 --output-len 128 --out "$out" "${@:3}" ;;
   experiments)
-    ours=(python3 -m benchmarks.serving ours --dummy-8b --concurrency 32 128
-      --num-prompts 256 512 --input-len 512 --output-len 128)
     "${ours[@]}" --app-args '{"max_chunks_per_second": null}' --out "$out/grpc-unpaced"
     "${ours[@]}" --app-args '{"engine_transport": "actor"}' --out "$out/actor-paced"
-    RAY_SERVE_PROXY_USE_GRPC=1 RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0 \
-      RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0 \
-      "${ours[@]}" --app-args '{"max_chunks_per_second": null}' --out "$out/grpc-unpaced-oneloop" ;;
+    "${one_loop[@]}" "${ours[@]}" --app-args '{"max_chunks_per_second": null}' \
+      --out "$out/grpc-unpaced-oneloop" ;;
   one-loop)
-    RAY_SERVE_PROXY_USE_GRPC=1 RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0 \
-      RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0 python3 -m benchmarks.serving ours --dummy-8b \
-      --concurrency 32 128 --num-prompts 256 512 --out "$out" "${@:3}" ;;
+    "${one_loop[@]}" "${ours[@]}" --out "$out" "${@:3}" ;;
   tests)
     python3 -m pytest tests/gpu -v -p no:cacheprovider -o addopts="" 2>&1 | tee "$out/gpu-tests.log" ;;
-  *) echo "usage: $0 compare|scale|experiments|tests OUT_DIR" >&2; exit 2 ;;
+  *) echo "usage: $0 compare|scale|experiments|one-loop|tests OUT_DIR" >&2; exit 2 ;;
 esac

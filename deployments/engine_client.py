@@ -23,7 +23,8 @@ class EngineClient:
 
     def __init__(self, handle: DeploymentHandle, transport: EngineTransport) -> None:
         self._handle = handle
-        # Our payloads are importable pydantic models: plain pickle, not cloudpickle.
+        # gRPC path: our payloads are importable pydantic models, so plain pickle, not
+        # cloudpickle (the actor path ignores these two options).
         self._stream_handle = handle.options(
             stream=True,
             _by_reference=transport == "actor",
