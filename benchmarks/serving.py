@@ -215,13 +215,16 @@ class OurAppOptions(BaseModel):
 
     replicas: int = 1
     ingress_replicas: int = 1
+    ingress_env: dict[str, str] = Field(
+        default_factory=dict, description="Environment variables of the ingress replicas."
+    )
     app_args: dict[str, Any] = Field(
         default_factory=dict, description="Overrides of serve_config.yaml's app args."
     )
 
 
-def our_app(setup: EngineSetup, options: OurAppOptions, log: Path, config_dir: Path):
-    """`python -m serve_app serve` on a copy of serve_config.yaml with the same engine args."""
+def our_config(setup: EngineSetup, options: OurAppOptions) -> dict[str, Any]:
+    """serve_config.yaml with the engine setup and the run's options applied."""
     config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
     app = config["applications"][0]
     app["args"].update(
@@ -237,8 +240,15 @@ def our_app(setup: EngineSetup, options: OurAppOptions, log: Path, config_dir: P
     llm["autoscaling_config"].update(min_replicas=options.replicas, max_replicas=options.replicas)
     ingress = next(d for d in app["deployments"] if d["name"] == "OpenAIIngress")
     ingress["num_replicas"] = options.ingress_replicas
+    if options.ingress_env:
+        ingress["ray_actor_options"]["runtime_env"] = {"env_vars": options.ingress_env}
+    return config
+
+
+def our_app(setup: EngineSetup, options: OurAppOptions, log: Path, config_dir: Path):
+    """`python -m serve_app serve` on a copy of serve_config.yaml with the same engine args."""
     path = config_dir / f"serve_config.{options.replicas}.{options.ingress_replicas}.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump(our_config(setup, options)))
     env = dict(os.environ, PORT=str(OURS_PORT))
     cmd = [sys.executable, "-m", "serve_app", "serve", str(path)]
     return _running(cmd, env, f"http://127.0.0.1:{OURS_PORT}/health", log)
@@ -313,7 +323,7 @@ def plot(stacks: Sequence[StackResult], path: Path, title: str) -> None:
 # ---- commands ---------------------------------------------------------------------------
 
 
-def _workload(args: argparse.Namespace) -> Workload:
+def workload_from_args(args: argparse.Namespace) -> Workload:
     if len(args.concurrency) != len(args.num_prompts):
         raise SystemExit("--concurrency and --num-prompts need as many values each")
     return Workload(
@@ -328,7 +338,7 @@ def _workload(args: argparse.Namespace) -> Workload:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    workload = _workload(args)
+    workload = workload_from_args(args)
     levels = run_levels(args.base_url, args.model, args.tokenizer or args.model, workload)
     result = StackResult(name=args.base_url, levels=levels)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -339,7 +349,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     print(args.out)
 
 
-def _engine_setup(args: argparse.Namespace) -> EngineSetup:
+def engine_setup_from_args(args: argparse.Namespace) -> EngineSetup:
     if args.dummy_8b:
         from benchmarks.dummy_model import build_dummy_model
 
@@ -373,7 +383,7 @@ class Session:
         self.out: Path = args.out
         self.out.mkdir(parents=True, exist_ok=True)
         self.report_path = self.out / report_name
-        self.setup = _engine_setup(args)
+        self.setup = engine_setup_from_args(args)
         self.app_options = OurAppOptions(
             ingress_replicas=args.ingress_replicas, app_args=args.app_args
         )
@@ -421,7 +431,7 @@ class Session:
 
 def cmd_compare(args: argparse.Namespace) -> None:
     """Bare vLLM, then our app with one replica, same engine args and workload."""
-    workload = _workload(args)
+    workload = workload_from_args(args)
     session = Session(args, workload, "serving.json")
     bare = session.bare(workload)
     ours = session.ours(workload)
@@ -434,7 +444,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 def cmd_scale(args: argparse.Namespace) -> None:
     """Our app with one replica, then with N, same workload."""
-    workload = _workload(args)
+    workload = workload_from_args(args)
     session = Session(args, workload, "scaling.json")
     one = session.ours(workload, 1)
     many = session.ours(workload, args.replicas)
@@ -456,7 +466,7 @@ def cmd_scale(args: argparse.Namespace) -> None:
 
 def cmd_ours(args: argparse.Namespace) -> None:
     """Our app alone (`--replicas` LLM replicas), for trying one change of the serving path."""
-    workload = _workload(args)
+    workload = workload_from_args(args)
     session = Session(args, workload, "ours.json")
     ours = session.ours(workload, args.replicas)
     plot([ours], session.out / "ours.png", f"{session.setup.served_model_name}: ours")

@@ -1,0 +1,241 @@
+"""Ingress sweep: one engine, several ways of running the ingress, measured in turn.
+
+Starting the engine is most of a GPU run (100 s warm, 250 s with a cold compile cache) and
+our overhead lives in front of it. This starts our app once, then for each variant redeploys
+only the OpenAIIngress deployment (replica count, environment: a Serve update that leaves
+the LLMServer replica and its engine running) and runs the workload. Per level it records
+`vllm bench serve`'s figures, the ingress's own TTFT (its request log: from the handler's
+start to the first token reaching the ingress) and the busiest threads
+(`benchmarks/process_cpu.py`), which say where the time goes. With `--with-bare`, bare
+`vllm serve` with the same engine args runs the same workload first, and every variant gets
+its ratio table against it.
+
+    python -m benchmarks.ingress_sweep --dummy-8b --with-bare --variants 1 2 4 2:one-loop \\
+        --concurrency 1 32 128 --num-prompts 16 256 512 --out benchmarks/results/gpu/sweep
+
+A variant is `N` (N ingress replicas) or `N:PRESET` with an environment preset of PRESETS.
+Serve's HTTP front (its Python proxy, or HAProxy with `RAY_SERVE_ENABLE_HA_PROXY=1`) is
+chosen when Serve starts, so it holds for every variant of one run; the JSON says which.
+Writes `<out>/sweep.json` (after each variant) and `sweep.png`.
+"""
+
+import argparse
+import json
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import ray
+from pydantic import BaseModel
+from ray import serve
+
+from benchmarks import process_cpu
+from benchmarks.report import machine
+from benchmarks.serving import (
+    BARE_PORT,
+    OURS_PORT,
+    EngineSetup,
+    LevelResult,
+    OurAppOptions,
+    StackResult,
+    Workload,
+    bare_vllm,
+    engine_setup_from_args,
+    gpu_memory_gb,
+    markdown_table,
+    our_app,
+    our_config,
+    plot,
+    ratio_rows,
+    run_levels,
+    workload_from_args,
+)
+from serve_app.constants import ENV_PORT, INGRESS_DEPLOYMENT
+from serve_app.runner import deploy, parse_deploy_config
+
+# Environment presets for the ingress replicas.
+PRESETS: dict[str, dict[str, str]] = {
+    # User code and the handle's router on the replica's main event loop (no thread hops).
+    "one-loop": {
+        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+        "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+    },
+}
+SERVE_LOGS = Path("/tmp/ray/session_latest/logs/serve")
+TTFT_IN_LOG = re.compile(r"status=ok .*?ttft_s=([0-9.]+)")
+REDEPLOY_TIMEOUT_S = 300.0
+
+
+class IngressVariant(BaseModel):
+    name: str
+    replicas: int
+    env: dict[str, str]
+
+    @classmethod
+    def parse(cls, spec: str) -> "IngressVariant":
+        replicas, _, preset = spec.partition(":")
+        if preset and preset not in PRESETS:
+            raise SystemExit(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+        return cls(name=spec, replicas=int(replicas), env=PRESETS.get(preset, {}))
+
+
+class SweptLevel(LevelResult):
+    ingress_ttft_ms: dict[str, float]
+    busiest_threads: list[process_cpu.ThreadUsage]
+
+
+def redeploy_ingress(config: dict[str, Any], replicas: int) -> None:
+    """Deploy `config` to the running Serve; wait until the ingress runs `replicas` replicas."""
+    app_name = config["applications"][0]["name"]
+    ray.init(address="auto", namespace="serve", logging_level="ERROR", log_to_driver=False)
+    try:
+        deploy(parse_deploy_config(config, {ENV_PORT: str(OURS_PORT)}))
+        deadline = time.monotonic() + REDEPLOY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            app = serve.status().applications.get(app_name)
+            ingress = app.deployments.get(INGRESS_DEPLOYMENT) if app else None
+            if (
+                app is not None
+                and app.status == "RUNNING"
+                and ingress is not None
+                and ingress.status == "HEALTHY"
+                and dict(ingress.replica_states) == {"RUNNING": replicas}
+            ):
+                return
+            time.sleep(1)
+        raise TimeoutError(f"{INGRESS_DEPLOYMENT} not at {replicas} replicas in time")
+    finally:
+        ray.shutdown()
+
+
+def _log_offsets() -> dict[Path, int]:
+    return {path: path.stat().st_size for path in SERVE_LOGS.glob(f"*{INGRESS_DEPLOYMENT}*.log")}
+
+
+def _ingress_ttfts_ms(offsets: dict[Path, int]) -> dict[str, float]:
+    """p50/p90 of the `ttft_s` the ingress logged for requests finished since `offsets`."""
+    values = []
+    for path in SERVE_LOGS.glob(f"*{INGRESS_DEPLOYMENT}*.log"):
+        with path.open("rb") as log:
+            log.seek(offsets.get(path, 0))
+            text = log.read().decode(errors="replace")
+        values += [float(m.group(1)) * 1000 for m in TTFT_IN_LOG.finditer(text)]
+    if len(values) < 2:
+        return {}
+    deciles = statistics.quantiles(values, n=10)
+    return {"p50": round(statistics.median(values), 2), "p90": round(deciles[8], 2)}
+
+
+def measure_levels(port: int, setup: EngineSetup, workload: Workload) -> list[SweptLevel]:
+    """Each level of the workload in turn, with the ingress's TTFT and the busiest threads."""
+    levels = []
+    for level in workload.levels:
+        offsets = _log_offsets()
+        before, start = process_cpu.snapshot(), time.monotonic()
+        (result,) = run_levels(
+            f"http://127.0.0.1:{port}",
+            setup.served_model_name,
+            setup.tokenizer,
+            workload.model_copy(update={"levels": [level]}),
+        )
+        busiest = process_cpu.busiest(before, process_cpu.snapshot(), time.monotonic() - start)
+        levels.append(
+            SweptLevel(
+                **result.model_dump(),
+                ingress_ttft_ms=_ingress_ttfts_ms(offsets),
+                busiest_threads=busiest,
+            )
+        )
+    return levels
+
+
+def _print_levels(name: str, levels: list[SweptLevel]) -> None:
+    for level in levels:
+        print(
+            f"{name} c={level.concurrency}: {level.output_throughput:.0f} tok/s, "
+            f"TTFT p50 {level.ttft_ms['p50']:.1f} ms (ingress {level.ingress_ttft_ms.get('p50')}), "
+            f"ITL p99 {level.itl_ms['p99']:.1f} ms",
+            flush=True,
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.ingress_sweep", description=__doc__)
+    parser.add_argument("--variants", nargs="+", default=["1", "2", "4"], help="N or N:PRESET")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32, 128])
+    parser.add_argument("--num-prompts", type=int, nargs="+", default=[16, 256, 512])
+    parser.add_argument("--input-len", type=int, default=512)
+    parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument("--warmups", type=int, default=8)
+    parser.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct")
+    parser.add_argument("--dummy-8b", action="store_true", help="Llama-3-8B shape, dummy weights")
+    parser.add_argument("--max-model-len", type=int, default=4096)
+    parser.add_argument("--engine-kwargs", type=json.loads, default={})
+    parser.add_argument("--with-bare", action="store_true", help="bare vLLM first, and ratios")
+    parser.add_argument("--app-args", type=json.loads, default={}, help="app args to override")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sweep"))
+    args = parser.parse_args(argv)
+
+    variants = [IngressVariant.parse(spec) for spec in args.variants]
+    workload = workload_from_args(args)
+    setup = engine_setup_from_args(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {
+        "command": " ".join(["python", "-m", "benchmarks.ingress_sweep", *sys.argv[1:]]),
+        "machine": machine(),
+        "engine": setup.model_dump(exclude={"model", "tokenizer"}),
+        "http_front": "haproxy" if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else "proxy",
+        "app_args": args.app_args,
+        "workload": workload.model_dump(),
+        "variants": [],
+    }
+
+    def save() -> None:
+        (args.out / "sweep.json").write_text(
+            json.dumps(report, indent=2, default=lambda model: model.model_dump())
+        )
+
+    stacks: list[StackResult] = []
+    bare: StackResult | None = None
+    if args.with_bare:
+        with bare_vllm(setup, args.out / "bare.log") as startup_s:
+            memory = gpu_memory_gb()
+            levels = measure_levels(BARE_PORT, setup, workload)
+        bare = StackResult(name="bare vLLM", startup_s=round(startup_s, 1), levels=levels)
+        report["bare"] = {"startup_s": bare.startup_s, "gpu_memory_gb": memory, "levels": levels}
+        stacks.append(bare)
+        save()
+        _print_levels("bare", levels)
+
+    first = OurAppOptions(
+        ingress_replicas=variants[0].replicas, ingress_env=variants[0].env, app_args=args.app_args
+    )
+    with our_app(setup, first, args.out / "ours.log", Path(tempfile.mkdtemp())) as startup_s:
+        report |= {"startup_s": round(startup_s, 1), "gpu_memory_gb": gpu_memory_gb()}
+        for variant in variants:
+            if variant is not variants[0]:
+                options = first.model_copy(
+                    update={"ingress_replicas": variant.replicas, "ingress_env": variant.env}
+                )
+                redeploy_ingress(our_config(setup, options), variant.replicas)
+            levels = measure_levels(OURS_PORT, setup, workload)
+            stack = StackResult(name=f"ingress {variant.name}", levels=levels)
+            ratios = ratio_rows(bare, stack) if bare else None
+            report["variants"].append({**variant.model_dump(), "levels": levels, "ratios": ratios})
+            stacks.append(stack)
+            save()
+            _print_levels(variant.name, levels)
+            if ratios:
+                print(markdown_table(ratios), flush=True)
+    title = f"{setup.served_model_name}: ingress variants ({report['http_front']})"
+    plot(stacks, args.out / "sweep.png", title)
+
+
+if __name__ == "__main__":
+    main()
