@@ -70,6 +70,8 @@ PRESETS: dict[str, dict[str, str]] = {
 SERVE_LOGS = Path("/tmp/ray/session_latest/logs/serve")
 TTFT_IN_LOG = re.compile(r"status=ok .*?ttft_s=([0-9.]+)")
 REDEPLOY_TIMEOUT_S = 300.0
+# Prompt seeds of variant k: SEED_STEP * (k - 1) + the level's own; variant 1 gets bare vLLM's.
+SEED_STEP = 1000
 
 
 class IngressVariant(BaseModel):
@@ -132,10 +134,17 @@ def _ingress_ttfts_ms(offsets: dict[Path, int]) -> dict[str, float]:
     return {"p50": round(statistics.median(values), 2), "p90": round(deciles[8], 2)}
 
 
-def measure_levels(port: int, setup: EngineSetup, workload: Workload) -> list[SweptLevel]:
-    """Each level of the workload in turn, with the ingress's TTFT and the busiest threads."""
+def measure_levels(
+    port: int, setup: EngineSetup, workload: Workload, seed_offset: int
+) -> list[SweptLevel]:
+    """Each level of the workload in turn, with the ingress's TTFT and the busiest threads.
+
+    `seed_offset` shifts every level's prompt seed: each variant on the one engine gets
+    prompts of its own, so none finds its prefill in the prefix cache of an earlier one.
+    """
     levels = []
     for level in workload.levels:
+        level = level.model_copy(update={"seed": level.seed + seed_offset})
         offsets = _log_offsets()
         before, start = process_cpu.snapshot(), time.monotonic()
         (result,) = run_levels(
@@ -206,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.with_bare:
         with bare_vllm(setup, args.out / "bare.log") as startup_s:
             memory = gpu_memory_gb()
-            levels = measure_levels(BARE_PORT, setup, workload)
+            levels = measure_levels(BARE_PORT, setup, workload, seed_offset=0)
         bare = StackResult(name="bare vLLM", startup_s=round(startup_s, 1), levels=levels)
         report["bare"] = {"startup_s": bare.startup_s, "gpu_memory_gb": memory, "levels": levels}
         stacks.append(bare)
@@ -218,13 +227,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     with our_app(setup, first, args.out / "ours.log", Path(tempfile.mkdtemp())) as startup_s:
         report |= {"startup_s": round(startup_s, 1), "gpu_memory_gb": gpu_memory_gb()}
-        for variant in variants:
-            if variant is not variants[0]:
+        for number, variant in enumerate(variants, start=1):
+            if number > 1:
                 options = first.model_copy(
                     update={"ingress_replicas": variant.replicas, "ingress_env": variant.env}
                 )
                 redeploy_ingress(our_config(setup, options), variant.replicas)
-            levels = measure_levels(OURS_PORT, setup, workload)
+            offset = SEED_STEP * (number - 1)
+            levels = measure_levels(OURS_PORT, setup, workload, seed_offset=offset)
             stack = StackResult(name=f"ingress {variant.name}", levels=levels)
             ratios = ratio_rows(bare, stack) if bare else None
             report["variants"].append({**variant.model_dump(), "levels": levels, "ratios": ratios})

@@ -58,6 +58,11 @@ STARTUP_TIMEOUT_S = 900
 class Level(BaseModel):
     concurrency: int
     num_prompts: int
+    seed: int = Field(
+        0,
+        description="Seed of the random prompts. Levels that run on one engine need distinct "
+        "seeds: a prompt seen before hits vLLM's prefix cache and skips its prefill.",
+    )
 
 
 class Workload(BaseModel):
@@ -115,7 +120,7 @@ def run_levels(base_url: str, model: str, tokenizer: str, workload: Workload) ->
             "--num-warmups", str(workload.warmups),
             "--percentile-metrics", PERCENTILE_METRICS,
             "--metric-percentiles", PERCENTILES,
-            "--seed", "0",
+            "--seed", str(level.seed),
             "--disable-tqdm",
         ]  # fmt: skip
         raw = vllm_bench.main(parser.parse_args(argv))
@@ -330,8 +335,8 @@ def workload_from_args(args: argparse.Namespace) -> Workload:
         input_len=args.input_len,
         output_len=args.output_len,
         levels=[
-            Level(concurrency=c, num_prompts=n)
-            for c, n in zip(args.concurrency, args.num_prompts, strict=True)
+            Level(concurrency=c, num_prompts=n, seed=i)
+            for i, (c, n) in enumerate(zip(args.concurrency, args.num_prompts, strict=True))
         ],
         warmups=args.warmups,
     )
