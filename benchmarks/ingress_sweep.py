@@ -14,8 +14,9 @@ its ratio table against it.
         --concurrency 1 32 128 --num-prompts 16 256 512 --out benchmarks/results/gpu/sweep
 
 A variant is `N` (N ingress replicas) or `N:PRESET` with an environment preset of PRESETS.
-Serve's HTTP front (its Python proxy, or HAProxy with `RAY_SERVE_ENABLE_HA_PROXY=1`) is
-chosen when Serve starts, so it holds for every variant of one run; the JSON says which.
+Serve's HTTP front (HAProxy, our default, or Serve's Python proxy with
+`RAY_SERVE_ENABLE_HA_PROXY=0`) is chosen when Serve starts, so it holds for every variant of
+one run; the JSON says which.
 Writes `<out>/sweep.json` (after each variant) and `sweep.png`.
 """
 
@@ -48,6 +49,7 @@ from benchmarks.serving import (
     bare_vllm,
     engine_setup_from_args,
     gpu_memory_gb,
+    http_front,
     markdown_table,
     our_app,
     our_config,
@@ -199,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "command": " ".join(["python", "-m", "benchmarks.ingress_sweep", *sys.argv[1:]]),
         "machine": machine(),
         "engine": setup.model_dump(exclude={"model", "tokenizer"}),
-        "http_front": "haproxy" if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else "proxy",
+        "http_front": http_front(os.environ),
         "app_args": args.app_args,
         "workload": workload.model_dump(),
         "variants": [],

@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,8 @@ from pydantic import BaseModel, Field
 from benchmarks.report import detect_accelerator, figure, machine
 from deployments.engine_args import build_engine_kwargs, set_cpu_kvcache_space
 from serve_app.config import AppConfig
+from serve_app.constants import INGRESS_DEPLOYMENT
+from serve_app.runner import with_serve_defaults
 
 REPO = Path(__file__).resolve().parents[1]
 PERCENTILE_METRICS = "ttft,tpot,itl,e2el"
@@ -219,7 +221,7 @@ class OurAppOptions(BaseModel):
     """How our app is deployed for a run, beyond the engine setup both stacks share."""
 
     replicas: int = 1
-    ingress_replicas: int = 1
+    ingress_replicas: int | None = Field(None, description="None: serve_config.yaml's count.")
     ingress_env: dict[str, str] = Field(
         default_factory=dict, description="Environment variables of the ingress replicas."
     )
@@ -243,11 +245,23 @@ def our_config(setup: EngineSetup, options: OurAppOptions) -> dict[str, Any]:
     AppConfig.model_validate(app["args"])  # a typo in --app-args fails here, not in Serve
     llm = next(d for d in app["deployments"] if d["name"] == "LLMServer")
     llm["autoscaling_config"].update(min_replicas=options.replicas, max_replicas=options.replicas)
-    ingress = next(d for d in app["deployments"] if d["name"] == "OpenAIIngress")
-    ingress["num_replicas"] = options.ingress_replicas
+    ingress = next(d for d in app["deployments"] if d["name"] == INGRESS_DEPLOYMENT)
+    if options.ingress_replicas is not None:
+        ingress["num_replicas"] = options.ingress_replicas
     if options.ingress_env:
         ingress["ray_actor_options"]["runtime_env"] = {"env_vars": options.ingress_env}
     return config
+
+
+def ingress_replicas(config: dict[str, Any]) -> int:
+    deployments = config["applications"][0]["deployments"]
+    return next(d for d in deployments if d["name"] == INGRESS_DEPLOYMENT)["num_replicas"]
+
+
+def http_front(env: Mapping[str, str]) -> str:
+    """Serve's HTTP front in front of our app when `python -m serve_app serve` runs in `env`."""
+    enabled = with_serve_defaults(env).get("RAY_SERVE_ENABLE_HA_PROXY") == "1"
+    return "haproxy" if enabled else "python proxy"
 
 
 def our_app(setup: EngineSetup, options: OurAppOptions, log: Path, config_dir: Path):
@@ -398,7 +412,8 @@ class Session:
             "machine": machine(),
             # Model and tokenizer paths are where this machine keeps them: the name says which.
             "engine": self.setup.model_dump(exclude={"model", "tokenizer"}),
-            "ingress_replicas": args.ingress_replicas,
+            "ingress_replicas": ingress_replicas(our_config(self.setup, self.app_options)),
+            "http_front": http_front(os.environ),
             "app_args": args.app_args,
             "workload": workload.model_dump(),
             "stacks": [],
@@ -503,7 +518,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.add_argument("--dummy-8b", action="store_true", help="Llama-3-8B shape, dummy weights")
         p.add_argument("--max-model-len", type=int, default=4096)
         p.add_argument("--engine-kwargs", type=json.loads, default={})
-        p.add_argument("--ingress-replicas", type=int, default=1, help="OpenAIIngress replicas")
+        p.add_argument(
+            "--ingress-replicas", type=int, help="OpenAIIngress replicas (serve_config.yaml's)"
+        )
         p.add_argument("--app-args", type=json.loads, default={}, help="app args to override")
         p.add_argument("--out", type=Path, default=Path("benchmarks/results/serving"))
     sub.choices["scale"].add_argument("--replicas", type=int, default=2)

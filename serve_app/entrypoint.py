@@ -48,7 +48,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt
 
 from serve_app.constants import HEALTH_ROUTE
-from serve_app.runner import load_deploy_config, metrics_export_port
+from serve_app.runner import load_deploy_config, metrics_export_port, with_serve_defaults
 
 logger = logging.getLogger("serve_app.entrypoint")
 
@@ -156,8 +156,10 @@ def ray_start_command(
 
 def ray_env(env: Mapping[str, str]) -> dict[str, str]:
     """The children's environment: ours, token authentication on unless RAY_AUTH_MODE says
-    otherwise, and no inherited RAY_ADDRESS (the head is ours)."""
-    return {"RAY_AUTH_MODE": "token"} | {k: v for k, v in env.items() if k != "RAY_ADDRESS"}
+    otherwise, Serve's defaults (SERVE_ENV_DEFAULTS) where unset, and no inherited
+    RAY_ADDRESS (the head is ours)."""
+    ours = {k: v for k, v in env.items() if k != "RAY_ADDRESS"}
+    return with_serve_defaults({"RAY_AUTH_MODE": "token"} | ours)
 
 
 def ensure_auth_token(env: Mapping[str, str]) -> None:

@@ -1,6 +1,7 @@
 """`python -m serve_app serve`: what `serve run serve_config.yaml` does, plus PORT and fail-fast.
 
-It validates the config, applies PORT to http_options, starts (or joins) Ray and Serve,
+It validates the config, applies PORT to http_options, starts (or joins) Ray and Serve
+(a Ray it starts gets SERVE_ENV_DEFAULTS: HAProxy in front of the ingress replicas),
 deploys the applications, then waits: it exits non-zero with Serve's message as soon as an
 application fails to deploy, and shuts Serve down on SIGINT/SIGTERM.
 """
@@ -20,7 +21,7 @@ from ray.serve._private import api as serve_api
 from ray.serve.schema import ServeDeploySchema
 
 from serve_app.config import AppConfig
-from serve_app.constants import ENV_PORT
+from serve_app.constants import ENV_PORT, SERVE_ENV_DEFAULTS
 
 _POLL_SECONDS = 1.0
 
@@ -40,6 +41,15 @@ def parse_deploy_config(raw: dict[str, Any], env: Mapping[str, str]) -> ServeDep
     if port := env.get(ENV_PORT):
         raw["http_options"] = {**raw.get("http_options", {}), "port": int(port)}
     return ServeDeploySchema.model_validate(raw)
+
+
+def with_serve_defaults(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` plus the Serve settings this service runs with, where `env` does not set them.
+
+    Serve reads them when it starts, in every Ray process: give them to the process that
+    starts Ray (`ray.init` of a new local cluster, or `ray start`).
+    """
+    return SERVE_ENV_DEFAULTS | dict(env)
 
 
 def metrics_export_port(config: ServeDeploySchema) -> int:
@@ -88,6 +98,7 @@ def run(path: Path) -> int:
     if address := os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, namespace="serve")
     else:
+        os.environ.update(with_serve_defaults(os.environ))
         ray.init(namespace="serve", _metrics_export_port=metrics_export_port(config))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     names = [app.name for app in config.applications]

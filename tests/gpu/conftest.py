@@ -6,6 +6,7 @@ the next module finds its GPUs free.
 
 import asyncio
 import copy
+import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ import yaml
 from ray import serve
 
 from serve_app.constants import DEFAULT_MODEL_ID
-from serve_app.runner import deploy, parse_deploy_config, wait_until_running
+from serve_app.runner import deploy, parse_deploy_config, wait_until_running, with_serve_defaults
 
 REPO = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 900
@@ -56,6 +57,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[None]:
+    os.environ.update(with_serve_defaults(os.environ))  # as python -m serve_app serve
     ray.init(namespace="serve", include_dashboard=False, _metrics_export_port=free_port())
     yield
     ray.shutdown()

@@ -4,6 +4,7 @@ The app is deployed from the shipped serve_config.yaml, exactly as `python -m se
 serve` does, on a free port.
 """
 
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ import ray
 from ray import serve
 
 from serve_app.constants import DEFAULT_MODEL_ID
-from serve_app.runner import deploy, load_deploy_config, wait_until_running
+from serve_app.runner import deploy, load_deploy_config, wait_until_running, with_serve_defaults
 
 REPO = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 600
@@ -31,6 +32,7 @@ def _free_port() -> int:
 def base_url() -> Iterator[str]:
     port = _free_port()
     config = load_deploy_config(REPO / "serve_config.yaml", {"PORT": str(port)})
+    os.environ.update(with_serve_defaults(os.environ))  # as python -m serve_app serve
     ray.init(namespace="serve", include_dashboard=False, _metrics_export_port=_free_port())
     try:
         deploy(config)

@@ -142,6 +142,9 @@ def start_entrypoint(tmp_path: Path) -> Iterator[Callable[..., Entrypoint]]:
             "PORT": str(http_port),
             "RAY_PORT": str(ray_port),
             "RAY_START_ARGS": ray_start_args,
+            # The session's app runs HAProxy on this machine too: its fixed ports must differ.
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
             "PYTHONUNBUFFERED": "1",
             **env_overrides,
         }

@@ -11,6 +11,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from serve_app.constants import SERVE_ENV_DEFAULTS
+
 REPO = Path(__file__).resolve().parents[2]
 MANIFEST = REPO / "deploy" / "kuberay" / "rayservice.yaml"
 KUBERAY_IMAGE_OF_DOCKERFILE = "Dockerfile.koyeb"
@@ -118,3 +120,10 @@ def test_hf_home_matches_the_image(head: dict[str, Any]) -> None:
     env = {v["name"]: v.get("value") for v in container(head)["env"]}
     dockerfile = (REPO / KUBERAY_IMAGE_OF_DOCKERFILE).read_text()
     assert f"HF_HOME={env['HF_HOME']}" in dockerfile
+
+
+def test_the_cluster_starts_serve_with_our_serve_defaults(head: dict[str, Any]) -> None:
+    # KubeRay starts Ray itself, so the pods' environment must carry what serve_app's own
+    # runner and entrypoint would add.
+    env = {v["name"]: v.get("value") for v in container(head)["env"]}
+    assert SERVE_ENV_DEFAULTS.items() <= env.items()
