@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 
+import grpc
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
@@ -75,3 +76,7 @@ def _openai_errors() -> Iterator[None]:
         raise service_unavailable("The model is at capacity; retry shortly.") from exc
     except (RayActorError, DeploymentUnavailableError) as exc:
         raise service_unavailable("The model replica for this request is unavailable.") from exc
+    except grpc.aio.AioRpcError as exc:  # gRPC transport; Ray maps UNAVAILABLE to RayActorError
+        raise service_unavailable(
+            f"The model replica did not answer ({exc.code().name}); retry shortly."
+        ) from exc

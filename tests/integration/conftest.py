@@ -20,6 +20,7 @@ from serve_app.runner import deploy, load_deploy_config, wait_until_running, wit
 
 REPO = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 600
+HAPROXY_PORT_VARIABLES = ("RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_STATS_PORT")
 
 
 def _free_port() -> int:
@@ -33,6 +34,9 @@ def base_url() -> Iterator[str]:
     port = _free_port()
     config = load_deploy_config(REPO / "serve_config.yaml", {"PORT": str(port)})
     os.environ.update(with_serve_defaults(os.environ))  # as python -m serve_app serve
+    # HAProxy's own ports, free ones: a `make serve` on this machine keeps the defaults.
+    for variable in HAPROXY_PORT_VARIABLES:
+        os.environ[variable] = str(_free_port())
     ray.init(namespace="serve", include_dashboard=False, _metrics_export_port=_free_port())
     try:
         deploy(config)
