@@ -2,17 +2,18 @@
 
 Nothing HTTP-shaped enters here: the ingress sends a tokenized `GenerateRequest` and reads
 `GenerationChunk`s. A consumer that goes away cancels the generator, which aborts the
-request in the engine; Serve's health check calls the engine's, so a dead engine gets its
-replica replaced.
+request in the engine (counted in `llm_engine_cancellations`); Serve's health check calls
+the engine's, so a dead engine gets its replica replaced.
 """
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Literal
 
 import ray
 from ray import serve
-from ray.serve.metrics import Histogram
+from ray.serve.metrics import Counter, Histogram
 
 from deployments import vllm_compat
 from deployments.engine_args import build_engine_kwargs, set_cpu_kvcache_space
@@ -62,6 +63,12 @@ class LLMServer:
             ("model",),
         )
         self._queue_wait.set_default_tags({"model": config.served_name})
+        self._cancellations = Counter(
+            "llm_engine_cancellations",
+            "Requests cancelled in the engine because their consumer left before the end.",
+            ("model",),
+        )
+        self._cancellations.set_default_tags({"model": config.served_name})
         self._pacer = ChunkPacer(config.max_chunks_per_second)
         if config.warmup:
             await self._warm_up()
@@ -92,6 +99,9 @@ class LLMServer:
                     yield pending.take()
         except vllm_compat.REQUEST_ERRORS as exc:  # vLLM refused this request only.
             raise invalid_request(str(exc)) from None
+        except (asyncio.CancelledError, GeneratorExit):  # vLLM's generate aborts it on the way
+            self._cancellations.inc()
+            raise
         if pending.ready(tokens_per_chunk=1):
             yield pending.take()
 

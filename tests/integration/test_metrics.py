@@ -22,6 +22,7 @@ SERVE_METRICS = [
     "ray_llm_request_errors_total",
     "ray_llm_requests_aborted_total",
     "ray_llm_queue_wait_seconds_bucket",
+    "ray_llm_engine_cancellations_total",
 ]
 ENGINE_METRICS = [
     "ray_vllm_num_requests_running",
@@ -114,6 +115,13 @@ def test_errors_are_labelled_by_type(exposition: str) -> None:
 def test_abandoned_stream_counts_as_aborted(exposition: str) -> None:
     lines = series(exposition, "ray_llm_requests_aborted_total")
     assert any('route="/v1/completions"' in line and not line.endswith(" 0.0") for line in lines)
+
+
+def test_abandoned_streams_are_cancelled_in_the_engine(scrapes: dict[str, str]) -> None:
+    # Counted by the LLMServer replica when its generator is cancelled mid-stream.
+    name = "ray_llm_engine_cancellations_total"
+    lines = series(scrapes[name], name)
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in lines) >= 3  # small_load leaves 3
 
 
 def test_a_client_that_leaves_is_no_server_error(exposition: str) -> None:
