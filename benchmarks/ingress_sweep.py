@@ -1,19 +1,22 @@
-"""Ingress sweep: one engine, several ways of running the ingress, measured in turn.
+"""Ingress sweep: one engine, several ways of running the ingress and pacing, in turn.
 
 Starting the engine is most of a GPU run (100 s warm, 250 s with a cold compile cache) and
 our overhead lives in front of it. This starts our app once, then for each variant redeploys
-only the OpenAIIngress deployment (replica count, environment: a Serve update that leaves
-the LLMServer replica and its engine running) and runs the workload. Per level it records
+the OpenAIIngress deployment (replica count, environment) and the LLMServer's live settings
+(its `user_config`: chunk pacing), a Serve update that leaves the LLMServer replica and its
+engine running, and runs the workload. Per level it records
 `vllm bench serve`'s figures, the ingress's own TTFT (its request log: from the handler's
 start to the first token reaching the ingress) and the busiest threads
 (`benchmarks/process_cpu.py`), which say where the time goes. With `--with-bare`, bare
 `vllm serve` with the same engine args runs the same workload first, and every variant gets
 its ratio table against it.
 
-    python -m benchmarks.ingress_sweep --dummy-8b --with-bare --variants 1 2 4 2:one-loop \\
-        --concurrency 1 32 128 --num-prompts 16 256 512 --out benchmarks/results/gpu/sweep
+    python -m benchmarks.ingress_sweep --dummy-8b --with-bare --variants 1 2 2:one-loop 1@8000 \\
+        1@none --concurrency 1 32 128 --num-prompts 16 256 512 --out benchmarks/results/gpu/sweep
 
-A variant is `N` (N ingress replicas) or `N:PRESET` with an environment preset of PRESETS.
+A variant is `N[:PRESET][@PACING]`: N ingress replicas, optionally an environment preset of
+PRESETS, optionally `max_chunks_per_second` for the LLMServer (`none`: no pacing; left out:
+the app args' value).
 Serve's HTTP front (HAProxy, our default, or Serve's Python proxy with
 `RAY_SERVE_ENABLE_HA_PROXY=0`) is chosen when Serve starts, so it holds for every variant of
 one run; the JSON says which.
@@ -58,6 +61,7 @@ from benchmarks.serving import (
     run_levels,
     workload_from_args,
 )
+from serve_app.config import LiveSettings
 from serve_app.constants import ENV_PORT, INGRESS_DEPLOYMENT
 from serve_app.runner import deploy, parse_deploy_config
 
@@ -76,17 +80,31 @@ REDEPLOY_TIMEOUT_S = 300.0
 SEED_STEP = 1000
 
 
-class IngressVariant(BaseModel):
+class Variant(BaseModel):
+    """`N[:PRESET][@PACING]`: N ingress replicas, an environment preset of PRESETS for them,
+    and the LLMServer's `max_chunks_per_second` (a number, or `none`), set live."""
+
     name: str
     replicas: int
     env: dict[str, str]
+    live_settings: LiveSettings | None
 
     @classmethod
-    def parse(cls, spec: str) -> "IngressVariant":
-        replicas, _, preset = spec.partition(":")
+    def parse(cls, spec: str) -> "Variant":
+        ingress, _, pacing = spec.partition("@")
+        replicas, _, preset = ingress.partition(":")
         if preset and preset not in PRESETS:
             raise SystemExit(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
-        return cls(name=spec, replicas=int(replicas), env=PRESETS.get(preset, {}))
+        live = None
+        if pacing:
+            live = LiveSettings(max_chunks_per_second=None if pacing == "none" else float(pacing))
+        return cls(
+            name=spec, replicas=int(replicas), env=PRESETS.get(preset, {}), live_settings=live
+        )
+
+    def options(self, base: OurAppOptions) -> OurAppOptions:
+        update = {"ingress_replicas": self.replicas, "ingress_env": self.env}
+        return base.model_copy(update=update | {"live_settings": self.live_settings})
 
 
 class SweptLevel(LevelResult):
@@ -94,8 +112,10 @@ class SweptLevel(LevelResult):
     busiest_threads: list[process_cpu.ThreadUsage]
 
 
-def redeploy_ingress(config: dict[str, Any], replicas: int) -> None:
-    """Deploy `config` to the running Serve; wait until the ingress runs `replicas` replicas."""
+def redeploy(config: dict[str, Any], ingress_replicas: int) -> None:
+    """Deploy `config` to the running Serve; wait until every deployment is healthy and the
+    ingress runs `ingress_replicas` replicas (the LLMServer keeps its replica: options that
+    do not restart it, such as its `user_config`, are all a variant changes there)."""
     app_name = config["applications"][0]["name"]
     ray.init(address="auto", namespace="serve", logging_level="ERROR", log_to_driver=False)
     try:
@@ -103,17 +123,16 @@ def redeploy_ingress(config: dict[str, Any], replicas: int) -> None:
         deadline = time.monotonic() + REDEPLOY_TIMEOUT_S
         while time.monotonic() < deadline:
             app = serve.status().applications.get(app_name)
-            ingress = app.deployments.get(INGRESS_DEPLOYMENT) if app else None
             if (
                 app is not None
                 and app.status == "RUNNING"
-                and ingress is not None
-                and ingress.status == "HEALTHY"
-                and dict(ingress.replica_states) == {"RUNNING": replicas}
+                and all(d.status == "HEALTHY" for d in app.deployments.values())
+                and dict(app.deployments[INGRESS_DEPLOYMENT].replica_states)
+                == {"RUNNING": ingress_replicas}
             ):
                 return
             time.sleep(1)
-        raise TimeoutError(f"{INGRESS_DEPLOYMENT} not at {replicas} replicas in time")
+        raise TimeoutError(f"{app_name} not updated within {REDEPLOY_TIMEOUT_S:.0f}s")
     finally:
         ray.shutdown()
 
@@ -178,7 +197,9 @@ def _print_levels(name: str, levels: list[SweptLevel]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ingress_sweep", description=__doc__)
-    parser.add_argument("--variants", nargs="+", default=["1", "2", "4"], help="N or N:PRESET")
+    parser.add_argument(
+        "--variants", nargs="+", default=["1", "2", "4"], help="N[:PRESET][@PACING]"
+    )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32, 128])
     parser.add_argument("--num-prompts", type=int, nargs="+", default=[16, 256, 512])
     parser.add_argument("--input-len", type=int, default=512)
@@ -193,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sweep"))
     args = parser.parse_args(argv)
 
-    variants = [IngressVariant.parse(spec) for spec in args.variants]
+    variants = [Variant.parse(spec) for spec in args.variants]
     workload = workload_from_args(args)
     setup = engine_setup_from_args(args)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -224,20 +245,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         save()
         _print_levels("bare", levels)
 
-    first = OurAppOptions(
-        ingress_replicas=variants[0].replicas, ingress_env=variants[0].env, app_args=args.app_args
-    )
+    base = OurAppOptions(app_args=args.app_args)
+    first = variants[0].options(base)
     with our_app(setup, first, args.out / "ours.log", Path(tempfile.mkdtemp())) as startup_s:
         report |= {"startup_s": round(startup_s, 1), "gpu_memory_gb": gpu_memory_gb()}
         for number, variant in enumerate(variants, start=1):
             if number > 1:
-                options = first.model_copy(
-                    update={"ingress_replicas": variant.replicas, "ingress_env": variant.env}
-                )
-                redeploy_ingress(our_config(setup, options), variant.replicas)
+                redeploy(our_config(setup, variant.options(base)), variant.replicas)
             offset = SEED_STEP * (number - 1)
             levels = measure_levels(OURS_PORT, setup, workload, seed_offset=offset)
-            stack = StackResult(name=f"ingress {variant.name}", levels=levels)
+            stack = StackResult(name=variant.name, levels=levels)
             ratios = ratio_rows(bare, stack) if bare else None
             report["variants"].append({**variant.model_dump(), "levels": levels, "ratios": ratios})
             stacks.append(stack)

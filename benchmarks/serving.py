@@ -45,7 +45,7 @@ from pydantic import BaseModel, Field
 
 from benchmarks.report import detect_accelerator, figure, machine
 from deployments.engine_args import build_engine_kwargs, set_cpu_kvcache_space
-from serve_app.config import AppConfig
+from serve_app.config import AppConfig, LiveSettings
 from serve_app.constants import INGRESS_DEPLOYMENT
 from serve_app.runner import with_serve_defaults
 
@@ -225,6 +225,9 @@ class OurAppOptions(BaseModel):
     ingress_env: dict[str, str] = Field(
         default_factory=dict, description="Environment variables of the ingress replicas."
     )
+    live_settings: LiveSettings | None = Field(
+        None, description="LLMServer user_config (live settings); None: from the app args."
+    )
     app_args: dict[str, Any] = Field(
         default_factory=dict, description="Overrides of serve_config.yaml's app args."
     )
@@ -245,6 +248,8 @@ def our_config(setup: EngineSetup, options: OurAppOptions) -> dict[str, Any]:
     AppConfig.model_validate(app["args"])  # a typo in --app-args fails here, not in Serve
     llm = next(d for d in app["deployments"] if d["name"] == "LLMServer")
     llm["autoscaling_config"].update(min_replicas=options.replicas, max_replicas=options.replicas)
+    if options.live_settings is not None:
+        llm["user_config"] = options.live_settings.model_dump()
     ingress = next(d for d in app["deployments"] if d["name"] == INGRESS_DEPLOYMENT)
     if options.ingress_replicas is not None:
         ingress["num_replicas"] = options.ingress_replicas

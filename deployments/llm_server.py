@@ -9,7 +9,7 @@ the engine's, so a dead engine gets its replica replaced.
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Literal
+from typing import Any, Literal
 
 import ray
 from ray import serve
@@ -27,7 +27,7 @@ from deployments.generation import (
 )
 from deployments.gpu_stats import read_gpu_memory
 from deployments.stream_pacing import ChunkPacer, PendingChunk
-from serve_app.config import AppConfig
+from serve_app.config import AppConfig, LiveSettings
 from serve_app.constants import LLM_SERVER_DEPLOYMENT
 
 _WARMUP_PROMPT = [1, 2, 3, 4]
@@ -104,6 +104,11 @@ class LLMServer:
             raise
         if pending.ready(tokens_per_chunk=1):
             yield pending.take()
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply live settings (Serve's `user_config`); streams in flight follow at once."""
+        settings = LiveSettings.model_validate(user_config)
+        self._pacer = ChunkPacer(settings.max_chunks_per_second)
 
     async def model_info(self) -> ModelInfo:
         return self._info

@@ -25,5 +25,7 @@ def build_app(args: dict[str, Any]) -> Application:
             gpus_per_node=[n["Resources"].get("GPU", 0) for n in ray.nodes() if n["Alive"]],
         )
     placement = plan_placement(config, accelerator)
-    llm_server = LLMServer.options(**placement.deployment_options()).bind(config, accelerator)
+    llm_server = LLMServer.options(
+        user_config=config.live_settings.model_dump(), **placement.deployment_options()
+    ).bind(config, accelerator)
     return OpenAIIngress.bind(llm_server, config)

@@ -53,6 +53,22 @@ class MetricsConfig(BaseModel):
         return buckets
 
 
+class LiveSettings(BaseModel):
+    """LLMServer settings that change without a restart: the deployment's Serve `user_config`.
+
+    The builder sets them from the app args; `user_config` under the LLMServer deployment in
+    serve_config.yaml overrides them live (Serve calls `LLMServer.reconfigure`).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_chunks_per_second: PositiveFloat | None = Field(
+        DEFAULT_MAX_CHUNKS_PER_SECOND,
+        description="Per LLM replica: above this rate of stream chunks, merge tokens into "
+        "fewer chunks (null: one chunk per token always).",
+    )
+
+
 class AppConfig(BaseModel):
     """Arguments of the application builder (`serve_app.app:build_app`)."""
 
@@ -107,6 +123,10 @@ class AppConfig(BaseModel):
     @property
     def served_name(self) -> str:
         return self.served_model_name or self.model
+
+    @property
+    def live_settings(self) -> LiveSettings:
+        return LiveSettings(max_chunks_per_second=self.max_chunks_per_second)
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any], env: Mapping[str, str]) -> "AppConfig":

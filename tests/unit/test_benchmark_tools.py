@@ -6,17 +6,33 @@ from pathlib import Path
 import pytest
 
 from benchmarks import ingress_sweep, process_cpu
-from benchmarks.serving import workload_from_args
+from benchmarks.serving import EngineSetup, OurAppOptions, our_config, workload_from_args
+from serve_app.config import LiveSettings
 
 
-def test_a_variant_is_a_replica_count_and_an_optional_environment_preset() -> None:
-    plain = ingress_sweep.IngressVariant.parse("4")
-    assert (plain.replicas, plain.env) == (4, {})
-    one_loop = ingress_sweep.IngressVariant.parse("2:one-loop")
+def test_a_variant_is_ingress_replicas_an_environment_preset_and_pacing() -> None:
+    plain = ingress_sweep.Variant.parse("4")
+    assert (plain.replicas, plain.env, plain.live_settings) == (4, {}, None)
+    one_loop = ingress_sweep.Variant.parse("2:one-loop@8000")
     assert one_loop.replicas == 2
     assert one_loop.env["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0"
+    assert one_loop.live_settings == LiveSettings(max_chunks_per_second=8000)
+    unpaced = ingress_sweep.Variant.parse("1@none")
+    assert unpaced.live_settings == LiveSettings(max_chunks_per_second=None)
     with pytest.raises(SystemExit, match="unknown preset"):
-        ingress_sweep.IngressVariant.parse("2:fast")
+        ingress_sweep.Variant.parse("2:fast")
+
+
+def test_a_variant_sets_the_llm_servers_user_config_only_when_it_names_pacing() -> None:
+    setup = EngineSetup(model="m", served_model_name="m", tokenizer="m")
+    base = OurAppOptions()
+
+    def llm_server(spec: str) -> dict:
+        config = our_config(setup, ingress_sweep.Variant.parse(spec).options(base))
+        return next(d for d in config["applications"][0]["deployments"] if d["name"] == "LLMServer")
+
+    assert "user_config" not in llm_server("2")
+    assert llm_server("2@none")["user_config"] == {"max_chunks_per_second": None}
 
 
 def test_every_level_gets_prompts_of_its_own() -> None:

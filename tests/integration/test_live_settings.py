@@ -1,0 +1,80 @@
+"""The LLMServer's live settings (its Serve `user_config`): pacing changes on a running app.
+
+A config that sets `user_config` on the LLMServer deployment is a lightweight Serve update:
+Serve calls `LLMServer.reconfigure` on the running replica, and new chunks follow the new
+budget. Here the budget drops to 1 chunk/s, so a stream's tokens merge into a few chunks,
+then the shipped config comes back and every token is its own chunk again.
+"""
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from serve_app.constants import LLM_SERVER_DEPLOYMENT
+from serve_app.runner import deploy, load_deploy_config
+
+REPO = Path(__file__).resolve().parents[2]
+TOKENS = 200
+APPLY_TIMEOUT_S = 90
+
+
+def _deploy(base_url: str, user_config: dict | None) -> None:
+    config = load_deploy_config(REPO / "serve_config.yaml", {"PORT": base_url.rsplit(":", 1)[1]})
+    if user_config is not None:
+        (llm,) = [d for d in config.applications[0].deployments if d.name == LLM_SERVER_DEPLOYMENT]
+        llm.user_config = user_config
+    deploy(config)
+
+
+def _chunks(http: httpx.Client, model: str) -> tuple[int, int]:
+    """(SSE events with text, completion tokens) of one streamed completion."""
+    body = {
+        "model": model, "prompt": "Once upon a time", "max_tokens": TOKENS, "ignore_eos": True,
+        "stream": True, "stream_options": {"include_usage": True},
+    }  # fmt: skip
+    events, tokens = 0, 0
+    with http.stream("POST", "/v1/completions", json=body) as response:
+        for line in response.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            data = json.loads(line.removeprefix("data: "))
+            if data["choices"]:
+                events += 1
+            if data.get("usage"):
+                tokens = data["usage"]["completion_tokens"]
+    return events, tokens
+
+
+def _until(http: httpx.Client, model: str, merged: bool) -> tuple[int, int]:
+    """Stream until the chunks are merged (or not): the update reached the replica."""
+    deadline = time.monotonic() + APPLY_TIMEOUT_S
+    while True:
+        events, tokens = _chunks(http, model)
+        if (events < tokens / 2) == merged or time.monotonic() > deadline:
+            return events, tokens
+
+
+@pytest.fixture
+def slow_pacing(base_url: str, http: httpx.Client, model: str) -> Iterator[None]:
+    _deploy(base_url, {"max_chunks_per_second": 1})
+    yield
+    _deploy(base_url, None)  # the shipped config again: the builder's user_config
+    _until(http, model, merged=False)
+
+
+def test_pacing_changes_live(slow_pacing: None, http: httpx.Client, model: str) -> None:
+    events, tokens = _until(http, model, merged=True)
+    assert tokens == TOKENS
+    assert events < TOKENS / 2, f"{events} chunks for {tokens} tokens at 1 chunk/s"
+
+
+def test_the_shipped_budget_sends_a_lone_stream_token_by_token(
+    http: httpx.Client, model: str
+) -> None:
+    events, tokens = _chunks(http, model)
+    assert tokens == TOKENS
+    assert events >= TOKENS * 0.9  # one chunk per engine step, a token each
