@@ -46,7 +46,7 @@ from pydantic import BaseModel, Field
 from benchmarks.report import detect_accelerator, figure, machine
 from deployments.engine_args import build_engine_kwargs, set_cpu_kvcache_space
 from serve_app.config import AppConfig, LiveSettings
-from serve_app.constants import INGRESS_DEPLOYMENT
+from serve_app.constants import INGRESS_DEPLOYMENT, LLM_SERVER_DEPLOYMENT
 from serve_app.runner import with_serve_defaults
 
 REPO = Path(__file__).resolve().parents[1]
@@ -246,11 +246,11 @@ def our_config(setup: EngineSetup, options: OurAppOptions) -> dict[str, Any]:
         **options.app_args,
     )
     AppConfig.model_validate(app["args"])  # a typo in --app-args fails here, not in Serve
-    llm = next(d for d in app["deployments"] if d["name"] == "LLMServer")
+    llm = deployment(config, LLM_SERVER_DEPLOYMENT)
     llm["autoscaling_config"].update(min_replicas=options.replicas, max_replicas=options.replicas)
     if options.live_settings is not None:
         llm["user_config"] = options.live_settings.model_dump()
-    ingress = next(d for d in app["deployments"] if d["name"] == INGRESS_DEPLOYMENT)
+    ingress = deployment(config, INGRESS_DEPLOYMENT)
     if options.ingress_replicas is not None:
         ingress["num_replicas"] = options.ingress_replicas
     if options.ingress_env:
@@ -258,9 +258,9 @@ def our_config(setup: EngineSetup, options: OurAppOptions) -> dict[str, Any]:
     return config
 
 
-def ingress_replicas(config: dict[str, Any]) -> int:
-    deployments = config["applications"][0]["deployments"]
-    return next(d for d in deployments if d["name"] == INGRESS_DEPLOYMENT)["num_replicas"]
+def deployment(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """The named deployment's section of the first application of a Serve config."""
+    return next(d for d in config["applications"][0]["deployments"] if d["name"] == name)
 
 
 def http_front(env: Mapping[str, str]) -> str:
@@ -417,7 +417,9 @@ class Session:
             "machine": machine(),
             # Model and tokenizer paths are where this machine keeps them: the name says which.
             "engine": self.setup.model_dump(exclude={"model", "tokenizer"}),
-            "ingress_replicas": ingress_replicas(our_config(self.setup, self.app_options)),
+            "ingress_replicas": deployment(
+                our_config(self.setup, self.app_options), INGRESS_DEPLOYMENT
+            )["num_replicas"],
             "http_front": http_front(os.environ),
             "app_args": args.app_args,
             "workload": workload.model_dump(),

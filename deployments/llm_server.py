@@ -69,7 +69,8 @@ class LLMServer:
             ("model",),
         )
         self._cancellations.set_default_tags({"model": config.served_name})
-        self._pacer = ChunkPacer(config.max_chunks_per_second)
+        # Pacing from the start (the warm-up streams too); Serve calls reconfigure again after.
+        self.reconfigure(config.live_settings.model_dump())
         if config.warmup:
             await self._warm_up()
 

@@ -28,6 +28,13 @@ EngineTransport = Literal["grpc", "actor"]
 
 
 Buckets = Annotated[list[PositiveFloat], Field(min_length=1)]
+ChunksPerSecond = Annotated[
+    PositiveFloat | None,
+    Field(
+        description="Per LLM replica: above this rate of stream chunks, merge tokens into "
+        "fewer chunks (null: one chunk per token always)."
+    ),
+]
 
 
 class MetricsConfig(BaseModel):
@@ -62,11 +69,7 @@ class LiveSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_chunks_per_second: PositiveFloat | None = Field(
-        DEFAULT_MAX_CHUNKS_PER_SECOND,
-        description="Per LLM replica: above this rate of stream chunks, merge tokens into "
-        "fewer chunks (null: one chunk per token always).",
-    )
+    max_chunks_per_second: ChunksPerSecond = DEFAULT_MAX_CHUNKS_PER_SECOND
 
 
 class AppConfig(BaseModel):
@@ -105,11 +108,7 @@ class AppConfig(BaseModel):
         description="KV-cache memory per replica on the CPU backend.",
     )
     warmup: bool = Field(True, description="Run one request before a replica reports ready.")
-    max_chunks_per_second: PositiveFloat | None = Field(
-        DEFAULT_MAX_CHUNKS_PER_SECOND,
-        description="Per LLM replica: above this rate of stream chunks, merge tokens into "
-        "fewer chunks (null: one chunk per token always).",
-    )
+    max_chunks_per_second: ChunksPerSecond = DEFAULT_MAX_CHUNKS_PER_SECOND
     engine_transport: EngineTransport = Field(
         DEFAULT_ENGINE_TRANSPORT,
         description="How token streams travel from LLM replicas to the ingress: grpc "

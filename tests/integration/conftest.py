@@ -14,6 +14,7 @@ import openai
 import pytest
 import ray
 from ray import serve
+from ray.serve.schema import ServeDeploySchema
 
 from serve_app.constants import DEFAULT_MODEL_ID
 from serve_app.runner import deploy, load_deploy_config, wait_until_running, with_serve_defaults
@@ -30,9 +31,14 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def base_url() -> Iterator[str]:
-    port = _free_port()
-    config = load_deploy_config(REPO / "serve_config.yaml", {"PORT": str(port)})
+def deploy_config() -> ServeDeploySchema:
+    """The shipped serve_config.yaml on a free port: what the session deploys."""
+    return load_deploy_config(REPO / "serve_config.yaml", {"PORT": str(_free_port())})
+
+
+@pytest.fixture(scope="session")
+def base_url(deploy_config: ServeDeploySchema) -> Iterator[str]:
+    config = deploy_config
     os.environ.update(with_serve_defaults(os.environ))  # as python -m serve_app serve
     # HAProxy's own ports, free ones: a `make serve` on this machine keeps the defaults.
     for variable in HAPROXY_PORT_VARIABLES:
@@ -41,7 +47,7 @@ def base_url() -> Iterator[str]:
     try:
         deploy(config)
         wait_until_running([app.name for app in config.applications], STARTUP_TIMEOUT_S)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{config.http_options.port}"
     finally:
         serve.shutdown()
         ray.shutdown()

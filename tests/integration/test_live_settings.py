@@ -9,21 +9,20 @@ then the shipped config comes back and every token is its own chunk again.
 import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
+from ray.serve.schema import ServeDeploySchema
 
 from serve_app.constants import LLM_SERVER_DEPLOYMENT
-from serve_app.runner import deploy, load_deploy_config
+from serve_app.runner import deploy
 
-REPO = Path(__file__).resolve().parents[2]
 TOKENS = 200
 APPLY_TIMEOUT_S = 90
 
 
-def _deploy(base_url: str, user_config: dict | None) -> None:
-    config = load_deploy_config(REPO / "serve_config.yaml", {"PORT": base_url.rsplit(":", 1)[1]})
+def _deploy(shipped: ServeDeploySchema, user_config: dict | None) -> None:
+    config = shipped.model_copy(deep=True)
     if user_config is not None:
         (llm,) = [d for d in config.applications[0].deployments if d.name == LLM_SERVER_DEPLOYMENT]
         llm.user_config = user_config
@@ -59,10 +58,10 @@ def _until(http: httpx.Client, model: str, merged: bool) -> tuple[int, int]:
 
 
 @pytest.fixture
-def slow_pacing(base_url: str, http: httpx.Client, model: str) -> Iterator[None]:
-    _deploy(base_url, {"max_chunks_per_second": 1})
+def slow_pacing(deploy_config: ServeDeploySchema, http: httpx.Client, model: str) -> Iterator[None]:
+    _deploy(deploy_config, {"max_chunks_per_second": 1})
     yield
-    _deploy(base_url, None)  # the shipped config again: the builder's user_config
+    _deploy(deploy_config, None)  # the shipped config again: the builder's user_config
     _until(http, model, merged=False)
 
 

@@ -6,8 +6,15 @@ from pathlib import Path
 import pytest
 
 from benchmarks import ingress_sweep, process_cpu
-from benchmarks.serving import EngineSetup, OurAppOptions, our_config, workload_from_args
+from benchmarks.serving import (
+    EngineSetup,
+    OurAppOptions,
+    deployment,
+    our_config,
+    workload_from_args,
+)
 from serve_app.config import LiveSettings
+from serve_app.constants import LLM_SERVER_DEPLOYMENT
 
 
 def test_a_variant_is_ingress_replicas_an_environment_preset_and_pacing() -> None:
@@ -29,7 +36,7 @@ def test_a_variant_sets_the_llm_servers_user_config_only_when_it_names_pacing() 
 
     def llm_server(spec: str) -> dict:
         config = our_config(setup, ingress_sweep.Variant.parse(spec).options(base))
-        return next(d for d in config["applications"][0]["deployments"] if d["name"] == "LLMServer")
+        return deployment(config, LLM_SERVER_DEPLOYMENT)
 
     assert "user_config" not in llm_server("2")
     assert llm_server("2@none")["user_config"] == {"max_chunks_per_second": None}
