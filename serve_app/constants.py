@@ -27,8 +27,10 @@ DETOKENIZE_ROUTE: Final = "/detokenize"
 DEFAULT_CPU_KVCACHE_GIB: Final = 1.0
 
 # Stream pacing: chunks per second one LLM replica sends before merging tokens. On one H200
-# at concurrency 128 it lifted our throughput from 4 561 to 6 029 tok/s (results/NOTES.md, 5).
-DEFAULT_MAX_CHUNKS_PER_SECOND: Final = 2000.0
+# behind HAProxy with 2 ingress replicas, 8 000 kept ITL p99 within 3% of bare vLLM where
+# 2 000 was 1.8x at concurrency 128, and kept the throughput no pacing loses (6 189 vs
+# 5 734 tok/s; results/NOTES.md, 7). A CPU replica never reaches it.
+DEFAULT_MAX_CHUNKS_PER_SECOND: Final = 8000.0
 
 # Transport of the ingress -> LLM-server token streams. "grpc": Ray Serve's gRPC channel
 # between replicas (one message per chunk, pickled); "actor": Ray actor-task streaming (an
