@@ -49,6 +49,8 @@ from benchmarks.serving import (
     OurAppOptions,
     StackResult,
     Workload,
+    add_engine_args,
+    add_workload_args,
     bare_vllm,
     engine_setup_from_args,
     gpu_memory_gb,
@@ -103,8 +105,13 @@ class Variant(BaseModel):
         )
 
     def options(self, base: OurAppOptions) -> OurAppOptions:
-        update = {"ingress_replicas": self.replicas, "ingress_env": self.env}
-        return base.model_copy(update=update | {"live_settings": self.live_settings})
+        return base.model_copy(
+            update={
+                "ingress_replicas": self.replicas,
+                "ingress_env": self.env,
+                "live_settings": self.live_settings,
+            }
+        )
 
 
 class SweptLevel(LevelResult):
@@ -200,17 +207,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--variants", nargs="+", default=["1", "2", "4"], help="N[:PRESET][@PACING]"
     )
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32, 128])
-    parser.add_argument("--num-prompts", type=int, nargs="+", default=[16, 256, 512])
-    parser.add_argument("--input-len", type=int, default=512)
-    parser.add_argument("--output-len", type=int, default=128)
-    parser.add_argument("--warmups", type=int, default=8)
-    parser.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct")
-    parser.add_argument("--dummy-8b", action="store_true", help="Llama-3-8B shape, dummy weights")
-    parser.add_argument("--max-model-len", type=int, default=4096)
-    parser.add_argument("--engine-kwargs", type=json.loads, default={})
+    add_workload_args(parser)
+    add_engine_args(parser)
     parser.add_argument("--with-bare", action="store_true", help="bare vLLM first, and ratios")
-    parser.add_argument("--app-args", type=json.loads, default={}, help="app args to override")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sweep"))
     args = parser.parse_args(argv)
 

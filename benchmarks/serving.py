@@ -347,6 +347,25 @@ def plot(stacks: Sequence[StackResult], path: Path, title: str) -> None:
 # ---- commands ---------------------------------------------------------------------------
 
 
+def add_workload_args(parser: argparse.ArgumentParser) -> None:
+    """The workload's options (read by `workload_from_args`)."""
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32, 128])
+    parser.add_argument("--num-prompts", type=int, nargs="+", default=[16, 256, 512])
+    parser.add_argument("--input-len", type=int, default=512)
+    parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument("--warmups", type=int, default=8)
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    """The engine's and our app's options of the commands that start servers (read by
+    `engine_setup_from_args`; `--app-args` by `OurAppOptions`)."""
+    parser.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct")
+    parser.add_argument("--dummy-8b", action="store_true", help="Llama-3-8B shape, dummy weights")
+    parser.add_argument("--max-model-len", type=int, default=4096)
+    parser.add_argument("--engine-kwargs", type=json.loads, default={})
+    parser.add_argument("--app-args", type=json.loads, default={}, help="app args to override")
+
+
 def workload_from_args(args: argparse.Namespace) -> Workload:
     if len(args.concurrency) != len(args.num_prompts):
         raise SystemExit("--concurrency and --num-prompts need as many values each")
@@ -508,12 +527,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.serving", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("run", "compare", "scale", "ours"):
-        p = sub.add_parser(name)
-        p.add_argument("--concurrency", type=int, nargs="+", default=[1, 32, 128])
-        p.add_argument("--num-prompts", type=int, nargs="+", default=[20, 256, 512])
-        p.add_argument("--input-len", type=int, default=512)
-        p.add_argument("--output-len", type=int, default=128)
-        p.add_argument("--warmups", type=int, default=8)
+        add_workload_args(sub.add_parser(name))
     run = sub.choices["run"]
     run.add_argument("--base-url", required=True)
     run.add_argument("--model", required=True, help="served model name")
@@ -521,14 +535,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     run.add_argument("--out", type=Path, default=Path("benchmarks/results/serving-run.json"))
     for name in ("compare", "scale", "ours"):
         p = sub.choices[name]
-        p.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct")
-        p.add_argument("--dummy-8b", action="store_true", help="Llama-3-8B shape, dummy weights")
-        p.add_argument("--max-model-len", type=int, default=4096)
-        p.add_argument("--engine-kwargs", type=json.loads, default={})
+        add_engine_args(p)
         p.add_argument(
             "--ingress-replicas", type=int, help="OpenAIIngress replicas (serve_config.yaml's)"
         )
-        p.add_argument("--app-args", type=json.loads, default={}, help="app args to override")
         p.add_argument("--out", type=Path, default=Path("benchmarks/results/serving"))
     sub.choices["scale"].add_argument("--replicas", type=int, default=2)
     sub.choices["ours"].add_argument("--replicas", type=int, default=1)
