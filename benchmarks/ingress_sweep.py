@@ -7,9 +7,10 @@ the OpenAIIngress deployment (replica count, environment) and the LLMServer's li
 engine running, and runs the workload. Per level it records
 `vllm bench serve`'s figures, the ingress's own TTFT (its request log: from the handler's
 start to the first token reaching the ingress) and the busiest threads
-(`benchmarks/process_cpu.py`), which say where the time goes. With `--with-bare`, bare
-`vllm serve` with the same engine args runs the same workload first, and every variant gets
-its ratio table against it.
+(`benchmarks/process_cpu.py`), which say where the time goes; at the levels of
+`--profile-at`, py-spy samples of every serving process (`benchmarks/profiling.py`). With
+`--with-bare`, bare `vllm serve` with the same engine args runs the same workload first,
+and every variant gets its ratio table against it.
 
     python -m benchmarks.ingress_sweep --dummy-8b --with-bare --variants 1 2 2:one-loop 1@8000 \\
         1@none --concurrency 1 32 128 --num-prompts 16 256 512 --out benchmarks/results/gpu/sweep
@@ -20,10 +21,12 @@ the app args' value).
 Serve's HTTP front (HAProxy, our default, or Serve's Python proxy with
 `RAY_SERVE_ENABLE_HA_PROXY=0`) is chosen when Serve starts, so it holds for every variant of
 one run; the JSON says which.
-Writes `<out>/sweep.json` (after each variant) and `sweep.png`.
+Writes `<out>/sweep.json` (after each variant), `sweep.png`, and with `--profile-at` the
+collapsed stacks under `<out>/profiles/<variant>/c<concurrency>/`.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -36,10 +39,10 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from ray import serve
 
-from benchmarks import process_cpu
+from benchmarks import process_cpu, profiling
 from benchmarks.report import machine
 from benchmarks.serving import (
     BARE_PORT,
@@ -117,6 +120,7 @@ class Variant(BaseModel):
 class SweptLevel(LevelResult):
     ingress_ttft_ms: dict[str, float]
     busiest_threads: list[process_cpu.ThreadUsage]
+    profiles: dict[str, profiling.ProcessProfile] = Field(default_factory=dict)
 
 
 def redeploy(config: dict[str, Any], ingress_replicas: int) -> None:
@@ -163,30 +167,42 @@ def _ingress_ttfts_ms(offsets: dict[Path, int]) -> dict[str, float]:
 
 
 def measure_levels(
-    port: int, setup: EngineSetup, workload: Workload, seed_offset: int
+    port: int,
+    setup: EngineSetup,
+    workload: Workload,
+    seed_offset: int,
+    profile_dir: Path,
+    profile_at: Sequence[int] = (),
 ) -> list[SweptLevel]:
     """Each level of the workload in turn, with the ingress's TTFT and the busiest threads.
 
     `seed_offset` shifts every level's prompt seed: each variant on the one engine gets
     prompts of its own, so none finds its prefill in the prefix cache of an earlier one.
+    The levels of `profile_at` are sampled with py-spy, into `<profile_dir>/c<concurrency>/`.
     """
     levels = []
     for level in workload.levels:
         level = level.model_copy(update={"seed": level.seed + seed_offset})
         offsets = _log_offsets()
-        before, start = process_cpu.snapshot(), time.monotonic()
-        (result,) = run_levels(
-            f"http://127.0.0.1:{port}",
-            setup.served_model_name,
-            setup.tokenizer,
-            workload.model_copy(update={"levels": [level]}),
-        )
-        busiest = process_cpu.busiest(before, process_cpu.snapshot(), time.monotonic() - start)
+        with contextlib.ExitStack() as stack:
+            profiles = {}
+            if level.concurrency in profile_at:
+                folder = profile_dir / f"c{level.concurrency}"
+                profiles = stack.enter_context(profiling.profiled(folder))
+            before, start = process_cpu.snapshot(), time.monotonic()
+            (result,) = run_levels(
+                f"http://127.0.0.1:{port}",
+                setup.served_model_name,
+                setup.tokenizer,
+                workload.model_copy(update={"levels": [level]}),
+            )
+            after, seconds = process_cpu.snapshot(), time.monotonic() - start
         levels.append(
             SweptLevel(
                 **result.model_dump(),
                 ingress_ttft_ms=_ingress_ttfts_ms(offsets),
-                busiest_threads=busiest,
+                busiest_threads=process_cpu.busiest(before, after, seconds),
+                profiles=profiles,
             )
         )
     return levels
@@ -200,6 +216,9 @@ def _print_levels(name: str, levels: list[SweptLevel]) -> None:
             f"ITL p99 {level.itl_ms['p99']:.1f} ms",
             flush=True,
         )
+        for profile in level.profiles.values():
+            top = ", ".join(f"{f.function} {f.share:.0%}" for f in profile.top_self[:3])
+            print(f"  {profile.name}: {profile.busy_cores} cores busy; {profile.error or top}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -210,10 +229,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     add_workload_args(parser)
     add_engine_args(parser)
     parser.add_argument("--with-bare", action="store_true", help="bare vLLM first, and ratios")
+    parser.add_argument(
+        "--profile-at",
+        type=int,
+        nargs="+",
+        default=[],
+        metavar="CONCURRENCY",
+        help="sample the serving processes with py-spy at these levels (<out>/profiles/)",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sweep"))
     args = parser.parse_args(argv)
 
     variants = [Variant.parse(spec) for spec in args.variants]
+    if args.profile_at and profiling.py_spy() is None:
+        raise SystemExit("--profile-at needs py-spy (pip install py-spy)")
     workload = workload_from_args(args)
     setup = engine_setup_from_args(args)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -237,7 +266,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.with_bare:
         with bare_vllm(setup, args.out / "bare.log") as startup_s:
             memory = gpu_memory_gb()
-            levels = measure_levels(BARE_PORT, setup, workload, seed_offset=0)
+            levels = measure_levels(
+                BARE_PORT, setup, workload, 0, args.out / "profiles" / "bare", args.profile_at
+            )
         bare = StackResult(name="bare vLLM", startup_s=round(startup_s, 1), levels=levels)
         report["bare"] = {"startup_s": bare.startup_s, "gpu_memory_gb": memory, "levels": levels}
         stacks.append(bare)
@@ -252,7 +283,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             if number > 1:
                 redeploy(our_config(setup, variant.options(base)), variant.replicas)
             offset = SEED_STEP * (number - 1)
-            levels = measure_levels(OURS_PORT, setup, workload, seed_offset=offset)
+            folder = args.out / "profiles" / variant.name
+            levels = measure_levels(OURS_PORT, setup, workload, offset, folder, args.profile_at)
             stack = StackResult(name=variant.name, levels=levels)
             ratios = ratio_rows(bare, stack) if bare else None
             report["variants"].append({**variant.model_dump(), "levels": levels, "ratios": ratios})

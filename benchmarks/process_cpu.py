@@ -34,7 +34,7 @@ def snapshot() -> dict[ThreadKey, ThreadTimes]:
     for proc in psutil.process_iter(["pid", "cmdline", "name"]):
         try:
             cmdline = proc.info["cmdline"] or [proc.info["name"] or "?"]
-            name = _process_name(cmdline)
+            name = process_name(cmdline)
             for thread in proc.threads():
                 times[(proc.pid, thread.id)] = ThreadTimes(
                     process=name,
@@ -66,7 +66,7 @@ def busiest(
     return usages[:top]
 
 
-def _process_name(cmdline: list[str]) -> str:
+def process_name(cmdline: list[str]) -> str:
     """Ray workers name themselves `ray::<actor>`; others are named by their command."""
     first = cmdline[0]
     if first.startswith("ray::") or first.startswith("VLLM::"):

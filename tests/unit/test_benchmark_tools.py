@@ -1,11 +1,15 @@
-"""The benchmarks' own bookkeeping: sweep variants, prompt seeds, the ingress's TTFT, CPU ranks."""
+"""The benchmarks' own bookkeeping: sweep variants, prompt seeds, the ingress's TTFT, CPU
+ranks, py-spy profiles."""
 
 import argparse
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from benchmarks import ingress_sweep, process_cpu
+from benchmarks import ingress_sweep, process_cpu, profiling
 from benchmarks.serving import (
     EngineSetup,
     OurAppOptions,
@@ -73,3 +77,57 @@ def test_threads_rank_by_the_cpu_they_used_between_snapshots() -> None:
     after = {(1, 1): times(11.0), (1, 2): times(3.0), (2, 5): times(4.0)}  # (2, 5): new thread
     ranked = process_cpu.busiest(before, after, seconds=2.0, top=2)
     assert [(u.pid, u.cores) for u in ranked] == [(2, 2.0), (1, 1.5)]
+
+
+def test_a_profile_shares_samples_by_function_and_thread(tmp_path: Path) -> None:
+    raw = tmp_path / "ingress-1.txt"
+    raw.write_text(
+        "thread (11): MainThread;run (loop.py:10);handle (app.py:5);dumps (json.py:3) 30\n"
+        "thread (11): MainThread;run (loop.py:10);handle (app.py:7) 10\n"
+        "thread (12): grpc;recv (grpc.py:2) 60\n"
+    )
+    profile = profiling.summarize("ingress-1", 1, raw, seconds=1.0)
+    assert profile.samples == 100
+    assert profile.busy_cores == 100 / profiling.SAMPLES_PER_S
+    assert [(f.function, f.share) for f in profile.top_self] == [
+        ("recv (grpc.py)", 0.6),
+        ("dumps (json.py)", 0.3),
+        ("handle (app.py)", 0.1),  # lines 5 and 7 are one function
+    ]
+    inclusive = {f.function: f.share for f in profile.top_inclusive}
+    assert inclusive["run (loop.py)"] == 0.4
+    assert inclusive["handle (app.py)"] == 0.4
+    assert profile.threads == {"thread (12): grpc": 0.3, "thread (11): MainThread": 0.2}
+
+
+BUSY_CHILD = """
+import time
+def spin():
+    while True:
+        sum(range(1000))
+print("ready", flush=True)
+spin()
+"""
+
+
+@pytest.mark.skipif(profiling.py_spy() is None, reason="needs py-spy (dev dependency)")
+def test_profiled_samples_a_running_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    busy = subprocess.Popen([sys.executable, "-c", BUSY_CHILD], stdout=subprocess.PIPE, text=True)
+    idle = subprocess.Popen(["sleep", "60"])  # not Python: py-spy cannot read it
+    try:
+        assert busy.stdout is not None and busy.stdout.readline() == "ready\n"
+        targets = {"busy": busy.pid, "not-python": idle.pid}
+        monkeypatch.setattr(profiling, "serving_processes", lambda: targets)
+        with profiling.profiled(tmp_path) as profiles:
+            time.sleep(2)
+    finally:
+        busy.kill()
+        idle.kill()
+    assert profiles["busy"].error is None
+    assert profiles["busy"].busy_cores > 0.3  # one core, shared with whatever else runs
+    assert profiles["busy"].top_self[0].function == "spin (<string>)"
+    assert (tmp_path / "busy.txt").exists()
+    assert profiles["not-python"].samples == 0
+    assert profiles["not-python"].error
