@@ -5,10 +5,12 @@ one chunk per engine step and stream. This measures that hop alone, with no engi
 HTTP: a deployment yields `GenerationChunk`s as fast as it can, and a second deployment
 drains S concurrent streams of them through `EngineClient`, once per transport
 (`engine_transport` in serve_config.yaml): Serve's gRPC channel between replicas, and Ray's
-actor-task streaming.
+actor-task streaming. With `--source-modes`, once per way of running the producing
+replica's user code (SOURCE_MODES): on Serve's separate user-code thread (its default, each
+chunk handed to the replica's main loop with `call_soon_threadsafe`) or on the main loop.
 
     python -m benchmarks.stream_transport [--streams 1 32 128] [--chunks 8000] [--repeats 3]
-        [--out benchmarks/results/cpu]
+        [--source-modes separate-thread one-loop] [--out benchmarks/results/cpu]
 
 Writes `stream_transport.json` and `stream_transport.png` under `--out`.
 """
@@ -34,6 +36,11 @@ from deployments.generation import ChoiceDelta, GenerateRequest, GenerationChunk
 from serve_app.config import EngineTransport
 
 TRANSPORTS: tuple[EngineTransport, ...] = get_args(EngineTransport)
+# Environments of the producing replica (what LLMServer's runtime_env could set).
+SOURCE_MODES: dict[str, dict[str, str]] = {
+    "separate-thread": {},
+    "one-loop": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"},
+}
 
 
 @serve.deployment(max_ongoing_requests=1024)
@@ -72,14 +79,18 @@ class ChunkSink:
 
 class Point(BaseModel):
     transport: EngineTransport
+    source_mode: str
     streams: int
     chunks_per_s: list[float]
     median_chunks_per_s: float
 
 
-def measure(streams: Sequence[int], chunks: int, repeats: int) -> list[Point]:
+def measure(streams: Sequence[int], chunks: int, repeats: int, source_mode: str) -> list[Point]:
     """Every transport at every stream count: one warm-up, then `repeats` timed runs."""
-    sink = serve.run(ChunkSink.bind(ChunkSource.bind()), name="stream-transport")
+    source = ChunkSource.options(
+        ray_actor_options={"runtime_env": {"env_vars": SOURCE_MODES[source_mode]}}
+    )
+    sink = serve.run(ChunkSink.bind(source.bind()), name="stream-transport")
     points = []
     for count in streams:
         for transport in TRANSPORTS:
@@ -88,29 +99,39 @@ def measure(streams: Sequence[int], chunks: int, repeats: int) -> list[Point]:
             points.append(
                 Point(
                     transport=transport,
+                    source_mode=source_mode,
                     streams=count,
                     chunks_per_s=[round(r) for r in rates],
                     median_chunks_per_s=round(statistics.median(rates)),
                 )
             )
-            print(f"{transport:>5} {count:>4} streams: {points[-1].median_chunks_per_s} chunks/s")
+            print(
+                f"{transport:>5} {source_mode:>15} {count:>4} streams: "
+                f"{points[-1].median_chunks_per_s} chunks/s"
+            )
+    serve.delete("stream-transport")
     return points
 
 
 def plot(points: Sequence[Point], path: Path) -> None:
     streams = sorted({p.streams for p in points})
-    width = 0.8 / len(TRANSPORTS)
+    series = list(dict.fromkeys((p.transport, p.source_mode) for p in points))
+    width = 0.8 / len(series)
     with figure(path, 1, 1, figsize=(7, 4.2)) as (_, ax):
-        for i, transport in enumerate(TRANSPORTS):
-            rates = {p.streams: p.median_chunks_per_s for p in points if p.transport == transport}
+        for i, (transport, mode) in enumerate(series):
+            rates = {
+                p.streams: p.median_chunks_per_s
+                for p in points
+                if (p.transport, p.source_mode) == (transport, mode)
+            }
             xs = [j + i * width for j in range(len(streams))]
-            ax.bar(xs, [rates[s] for s in streams], width, label=transport)
-        ax.set_xticks([j + width * (len(TRANSPORTS) - 1) / 2 for j in range(len(streams))])
+            ax.bar(xs, [rates[s] for s in streams], width, label=f"{transport}, {mode}")
+        ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(streams))])
         ax.set_xticklabels([str(s) for s in streams])
         ax.set_xlabel("concurrent streams")
         ax.set_ylabel("chunks/s (median)")
         ax.set_title("One ingress replica pulling token chunks from one LLM replica")
-        ax.legend(title="engine_transport")
+        ax.legend(title="engine_transport, producer's user code")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -118,11 +139,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 32, 128])
     parser.add_argument("--chunks", type=int, default=8000, help="chunks per timed run")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--source-modes", nargs="+", choices=list(SOURCE_MODES), default=["separate-thread"]
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cpu"))
     args = parser.parse_args(argv)
     ray.init(include_dashboard=False, log_to_driver=False)
     try:
-        points = measure(args.streams, args.chunks, args.repeats)
+        points = [
+            point
+            for mode in args.source_modes
+            for point in measure(args.streams, args.chunks, args.repeats, mode)
+        ]
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -115,6 +115,11 @@ class AppConfig(BaseModel):
         "(Serve's replica-to-replica gRPC channel) or actor (Ray actor-task streaming).",
     )
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    llm_server_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Environment variables of the LLM-server replicas and the engine process "
+        "each starts (their Ray runtime_env), e.g. VLLM_* settings.",
+    )
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Extra vLLM AsyncEngineArgs, applied last."
     )

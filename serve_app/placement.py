@@ -35,14 +35,18 @@ def plan_placement(config: AppConfig, accelerator: ResolvedAccelerator) -> Repli
 
     With N > 1 the replica actor takes the CPU of bundle 0 and vLLM's Ray executor puts one
     worker on the GPU of each bundle, so the whole replica lives in its placement group.
+    `llm_server_env` becomes the replica's runtime_env.
     """
     tp = config.tensor_parallel_size
+    actor: dict[str, Any] = {"num_cpus": 1}
+    if config.llm_server_env:
+        actor["runtime_env"] = {"env_vars": dict(config.llm_server_env)}
     if accelerator == "cpu":
-        return ReplicaPlacement(ray_actor_options={"num_cpus": 1})
+        return ReplicaPlacement(ray_actor_options=actor)
     if tp == 1:
-        return ReplicaPlacement(ray_actor_options={"num_cpus": 1, "num_gpus": 1})
+        return ReplicaPlacement(ray_actor_options={**actor, "num_gpus": 1})
     return ReplicaPlacement(
-        ray_actor_options={"num_cpus": 1, "num_gpus": 0},
+        ray_actor_options={**actor, "num_gpus": 0},
         placement_group_bundles=[{"CPU": 1, "GPU": 1}] + [{"GPU": 1}] * (tp - 1),
         placement_group_strategy=config.placement_strategy,
     )

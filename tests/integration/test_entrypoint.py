@@ -224,7 +224,7 @@ def test_entrypoint_exits_nonzero_with_the_reason_when_the_model_cannot_load(
         pytest.fail(f"still running after {STARTUP_TIMEOUT_S}s:\n{entrypoint.output()[-5000:]}")
     output = entrypoint.output()
     assert code == 1, output[-5000:]
-    assert "failed to deploy" in output  # Serve's message, relayed by the runner
+    assert "failed to deploy" in output, output[-5000:]  # Serve's message, via the runner
     assert "/nonexistent/path" in output
     assert "entrypoint ERROR The application failed to start" in output
     assert _wait_gone_by_name(entrypoint) == []

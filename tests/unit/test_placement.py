@@ -5,6 +5,7 @@ import pytest
 from serve_app.config import AppConfig
 from serve_app.placement import (
     InsufficientGPUsError,
+    ResolvedAccelerator,
     check_gpu_capacity,
     plan_placement,
     resolve_accelerator,
@@ -39,6 +40,17 @@ def test_tensor_parallel_replica_gets_one_gpu_bundle_per_worker() -> None:
     assert bundles[0]["CPU"] == 1
     assert options["ray_actor_options"] == {"num_cpus": 1, "num_gpus": 0}
     assert options["placement_group_strategy"] == "STRICT_PACK"
+
+
+@pytest.mark.parametrize(("accelerator", "tp"), [("cpu", 1), ("gpu", 1), ("gpu", 2)])
+def test_llm_server_env_becomes_the_replica_runtime_env(
+    accelerator: ResolvedAccelerator, tp: int
+) -> None:
+    env = {"VLLM_LOGGING_LEVEL": "DEBUG"}
+    options = plan_placement(config(llm_server_env=env, tensor_parallel_size=tp), accelerator)
+    assert options.ray_actor_options["runtime_env"] == {"env_vars": env}
+    assert options.ray_actor_options["num_cpus"] == 1
+    assert "runtime_env" not in plan_placement(config(), accelerator).ray_actor_options
 
 
 def test_pack_strategy_is_passed_through() -> None:
