@@ -1,6 +1,6 @@
 """Where a serving process spends its time during a benchmark level: py-spy samples.
 
-`profiled(out_dir, seconds_hint)` runs `py-spy record` on every serving process (our
+`profiled(out_dir)` runs `py-spy record` on every serving process (our
 ingress and LLMServer replicas, bare vLLM's API server, vLLM's engine core) while its block
 runs, without pausing them (`--nonblocking`). Each process's collapsed stacks land in
 `<out_dir>/<name>-<pid>.txt` (the input of flamegraph.pl or speedscope.app) and
@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,16 +24,25 @@ import psutil
 from pydantic import BaseModel
 
 from benchmarks.process_cpu import process_name
+from serve_app.constants import INGRESS_DEPLOYMENT, LLM_SERVER_DEPLOYMENT
 
 SAMPLES_PER_S = 200
 TOP = 15
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
 SAMPLING = "Sampling process"  # what py-spy prints once it samples
+
+
+def _replica_of(deployment: str) -> Callable[[str], bool]:
+    """Serve replicas name their process `ray::ServeReplica:<app>:<deployment>` (Ray may
+    append the method running)."""
+    return lambda name: name.startswith("ray::ServeReplica:") and f":{deployment}" in name
+
+
 # Short names of the processes to sample, by how they name themselves.
-TARGETS = {
-    "ingress": lambda name: name.startswith("ray::ServeReplica:") and "OpenAIIngress" in name,
-    "llm-server": lambda name: name.startswith("ray::ServeReplica:") and "LLMServer" in name,
+TARGETS: dict[str, Callable[[str], bool]] = {
+    "ingress": _replica_of(INGRESS_DEPLOYMENT),
+    "llm-server": _replica_of(LLM_SERVER_DEPLOYMENT),
     "engine-core": lambda name: name.startswith("VLLM::EngineCore"),
     "bare-api-server": lambda name: "vllm.entrypoints.openai.api_server" in name,
 }

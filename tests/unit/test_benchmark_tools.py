@@ -131,3 +131,14 @@ def test_profiled_samples_a_running_process(
     assert (tmp_path / "busy.txt").exists()
     assert profiles["not-python"].samples == 0
     assert profiles["not-python"].error
+
+
+def test_profiled_processes_are_our_replicas_the_engine_and_bare_vllm() -> None:
+    def short(process: str) -> list[str]:
+        return [name for name, matches in profiling.TARGETS.items() if matches(process)]
+
+    assert short("ray::ServeReplica:llm:LLMServer") == ["llm-server"]
+    assert short("ray::ServeReplica:llm:OpenAIIngress") == ["ingress"]
+    assert short("VLLM::EngineCore") == ["engine-core"]
+    assert short("python3 -m vllm.entrypoints.openai.api_server") == ["bare-api-server"]
+    assert short("ray::ServeController") == []
