@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The runs made on the GPU test machine (H100/H200, vLLM 0.26 + Ray 2.60 carried as wheels,
 # see ../shared/gpu/README.md), after `bash /tmp/chunks/device-install.sh`:
-#   bash benchmarks/gpu_run.sh compare|scale|sweep|sweep-python-proxy|experiments|tests OUT [ARGS]
+#   bash benchmarks/gpu_run.sh MODE OUT [ARGS]
+# MODE: compare|scale|sweep|sweep-llm-one-loop|sweep-python-proxy|experiments|tests
 # compare: bare vLLM vs our app, Llama-3-8B shape with dummy weights, 512 in / 128 out tokens.
 # scale:   our app with 1 then 2 replicas (one GPU each) at concurrency 256.
 # tests:   pytest tests/gpu (1 and 2 GPUs).
@@ -14,12 +15,16 @@
 #          py-spy wheel must be installed too). ~550 s on a fresh machine (first engine start
 #          compiles for ~180-250 s), ~400 s on a warm one: a third variant does not fit one
 #          fresh call.
+# sweep-llm-one-loop: our app alone, 2 then 4 ingress replicas, with the LLMServer's user code
+#          on its replica's main loop (llm_server_env), py-spy at 128: run it right after
+#          `sweep` and compare with that call's bare vLLM (results/NOTES.md, 8).
 # sweep-python-proxy: our app alone, 1, 2 and 4 ingress replicas behind Serve's Python proxy.
 # On the device tool, which brings back at most 8 files, run it on a folder of /tmp and pack
 # that into $OUT afterwards (also when a time limit stops it):
 #   timeout 540 bash benchmarks/gpu_run.sh compare /tmp/r/compare; tar -czf $OUT/r.tgz -C /tmp r
 set -euo pipefail
-export PATH=/tmp/site/bin:$PATH PYTHONPATH=/tmp/site:$PWD NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 \
+export PATH=/tmp/site/bin:$PATH PYTHONPATH=/tmp/site:$PWD \
+  NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 \
   NVSHMEM_DISABLE_NVLS=1 HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 RAY_USAGE_STATS_ENABLED=0 \
   PYTHONUNBUFFERED=1
 out=$2
@@ -38,6 +43,10 @@ case $1 in
       --num-prompts 1024 --input-len 512 --output-len 128 --out "$out" "${@:3}" ;;
   sweep)
     "${sweep[@]}" --with-bare --variants 2 4 --profile-at 128 "${@:3}" ;;
+  sweep-llm-one-loop)
+    "${sweep[@]}" --variants 2 4 --profile-at 128 \
+      --app-args '{"llm_server_env": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}}' \
+      "${@:3}" ;;
   sweep-python-proxy)
     RAY_SERVE_ENABLE_HA_PROXY=0 "${sweep[@]}" --variants 1 2 4 "${@:3}" ;;
   experiments)
@@ -45,5 +54,7 @@ case $1 in
     "${ours[@]}" --app-args '{"engine_transport": "actor"}' --out "$out/actor-paced" ;;
   tests)
     python3 -m pytest tests/gpu -v -p no:cacheprovider -o addopts="" 2>&1 | tee "$out/gpu-tests.log" ;;
-  *) echo "usage: $0 compare|scale|sweep|sweep-python-proxy|experiments|tests OUT" >&2; exit 2 ;;
+  *) echo "usage: $0 MODE OUT [ARGS]; MODE: compare|scale|sweep|sweep-llm-one-loop|" \
+       "sweep-python-proxy|experiments|tests" >&2
+     exit 2 ;;
 esac
