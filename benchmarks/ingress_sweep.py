@@ -184,11 +184,12 @@ def measure_levels(
     for level in workload.levels:
         level = level.model_copy(update={"seed": level.seed + seed_offset})
         offsets = _log_offsets()
-        with contextlib.ExitStack() as stack:
-            profiles = {}
-            if level.concurrency in profile_at:
-                folder = profile_dir / f"c{level.concurrency}"
-                profiles = stack.enter_context(profiling.profiled(folder))
+        sampled = (
+            profiling.profiled(profile_dir / f"c{level.concurrency}")
+            if level.concurrency in profile_at
+            else contextlib.nullcontext({})
+        )
+        with sampled as profiles:
             before, start = process_cpu.snapshot(), time.monotonic()
             (result,) = run_levels(
                 f"http://127.0.0.1:{port}",

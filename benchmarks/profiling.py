@@ -5,9 +5,11 @@ ingress and LLMServer replicas, bare vLLM's API server, vLLM's engine core) whil
 runs, without pausing them (`--nonblocking`). Each process's collapsed stacks land in
 `<out_dir>/<name>-<pid>.txt` (the input of flamegraph.pl or speedscope.app) and
 `summarize` turns them into the shares of samples that name where the time goes. py-spy
-leaves out idle samples (threads blocked in a syscall), so `busy_cores` is the CPU a
-process's Python threads used: near 1.0 on one thread, that thread's event loop is
-saturated.
+leaves out the samples it knows are idle (a thread blocked in a syscall it recognises), so
+`busy_cores` approximates the CPU a process's Python threads used. Threads parked in native
+code with no Python frame above still count: Ray's core-worker loop shows as
+`Worker.main_loop`, native threads as `Thread.run` at the top of the stack. Read those
+shares as waiting; a thread near 1.0 core on Python functions is a saturated event loop.
 """
 
 import shutil

@@ -38,16 +38,15 @@ def deploy_config() -> ServeDeploySchema:
 
 @pytest.fixture(scope="session")
 def base_url(deploy_config: ServeDeploySchema) -> Iterator[str]:
-    config = deploy_config
     os.environ.update(with_serve_defaults(os.environ))  # as python -m serve_app serve
     # HAProxy's own ports, free ones: a `make serve` on this machine keeps the defaults.
     for variable in HAPROXY_PORT_VARIABLES:
         os.environ[variable] = str(_free_port())
     ray.init(namespace="serve", include_dashboard=False, _metrics_export_port=_free_port())
     try:
-        deploy(config)
-        wait_until_running([app.name for app in config.applications], STARTUP_TIMEOUT_S)
-        yield f"http://127.0.0.1:{config.http_options.port}"
+        deploy(deploy_config)
+        wait_until_running([app.name for app in deploy_config.applications], STARTUP_TIMEOUT_S)
+        yield f"http://127.0.0.1:{deploy_config.http_options.port}"
     finally:
         serve.shutdown()
         ray.shutdown()
