@@ -2,7 +2,7 @@
 # The runs made on the GPU test machine (H100/H200, vLLM 0.26 + Ray 2.60 carried as wheels,
 # see ../shared/gpu/README.md), after `bash /tmp/chunks/device-install.sh`:
 #   bash benchmarks/gpu_run.sh MODE OUT [ARGS]
-# MODE: compare|scale|sweep|sweep-llm-one-loop|sweep-python-proxy|experiments|tests
+# MODE: compare|scale|sweep|sweep-no-engine-metrics|sweep-python-proxy|experiments|tests
 # compare: bare vLLM vs our app, Llama-3-8B shape with dummy weights, 512 in / 128 out tokens.
 # scale:   our app with 1 then 2 replicas (one GPU each) at concurrency 256.
 # tests:   pytest tests/gpu (1 and 2 GPUs).
@@ -15,9 +15,10 @@
 #          py-spy wheel must be installed too). ~550 s on a fresh machine (first engine start
 #          compiles for ~180-250 s), ~400 s on a warm one: a third variant does not fit one
 #          fresh call.
-# sweep-llm-one-loop: our app alone, 2 then 4 ingress replicas, with the LLMServer's user code
-#          on its replica's main loop (llm_server_env), py-spy at 128: run it right after
-#          `sweep` and compare with that call's bare vLLM (results/NOTES.md, 8).
+# sweep-no-engine-metrics: our app alone, 2 then 4 ingress replicas, without vLLM's own
+#          metrics (each recorded through Ray's metrics, one call per token: ~9% of the
+#          LLMServer's samples at 128), py-spy at 128: run it right after `sweep` and compare
+#          with that call's figures (results/NOTES.md, 9).
 # sweep-python-proxy: our app alone, 1, 2 and 4 ingress replicas behind Serve's Python proxy.
 # On the device tool, which brings back at most 8 files, run it on a folder of /tmp and pack
 # that into $OUT afterwards (also when a time limit stops it):
@@ -43,10 +44,9 @@ case $1 in
       --num-prompts 1024 --input-len 512 --output-len 128 --out "$out" "${@:3}" ;;
   sweep)
     "${sweep[@]}" --with-bare --variants 2 4 --profile-at 128 "${@:3}" ;;
-  sweep-llm-one-loop)
+  sweep-no-engine-metrics)
     "${sweep[@]}" --variants 2 4 --profile-at 128 \
-      --app-args '{"llm_server_env": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}}' \
-      "${@:3}" ;;
+      --app-args '{"metrics": {"engine_metrics": false}}' "${@:3}" ;;
   sweep-python-proxy)
     RAY_SERVE_ENABLE_HA_PROXY=0 "${sweep[@]}" --variants 1 2 4 "${@:3}" ;;
   experiments)
@@ -54,7 +54,7 @@ case $1 in
     "${ours[@]}" --app-args '{"engine_transport": "actor"}' --out "$out/actor-paced" ;;
   tests)
     python3 -m pytest tests/gpu -v -p no:cacheprovider -o addopts="" 2>&1 | tee "$out/gpu-tests.log" ;;
-  *) echo "usage: $0 MODE OUT [ARGS]; MODE: compare|scale|sweep|sweep-llm-one-loop|" \
+  *) echo "usage: $0 MODE OUT [ARGS]; MODE: compare|scale|sweep|sweep-no-engine-metrics|" \
        "sweep-python-proxy|experiments|tests" >&2
      exit 2 ;;
 esac

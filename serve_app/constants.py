@@ -45,6 +45,15 @@ DEFAULT_ENGINE_TRANSPORT: Final = "grpc"
 # at concurrency 128: 7 684 tok/s against 6 429 (benchmarks/results/NOTES.md, 6).
 SERVE_ENV_DEFAULTS: Final = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
 
+# Environment of every LLM-server replica (its Ray runtime_env), under the app's
+# `llm_server_env`, which overrides it (`serve_app.placement.plan_placement`).
+# RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0: the replica runs LLMServer's code (vLLM's
+# output handler and every generate stream) on its main event loop, where Serve sends the
+# chunks, instead of on a second loop in a thread with a hop between the two per chunk. On one
+# H200 at concurrency 128, two runs each beside bare vLLM: 1.01 and 0.98 of its throughput,
+# against 0.92-1.00 in four runs without it (benchmarks/results/NOTES.md, 9).
+LLM_SERVER_ENV_DEFAULTS: Final = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
+
 # OpenAI defaults.
 DEFAULT_COMPLETION_MAX_TOKENS: Final = 16
 MAX_STOP_SEQUENCES: Final = 16

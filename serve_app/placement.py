@@ -5,6 +5,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from serve_app.config import AppConfig
+from serve_app.constants import LLM_SERVER_ENV_DEFAULTS
 
 ResolvedAccelerator = Literal["cpu", "gpu"]
 
@@ -35,12 +36,11 @@ def plan_placement(config: AppConfig, accelerator: ResolvedAccelerator) -> Repli
 
     With N > 1 the replica actor takes the CPU of bundle 0 and vLLM's Ray executor puts one
     worker on the GPU of each bundle, so the whole replica lives in its placement group.
-    `llm_server_env` becomes the replica's runtime_env.
+    The replica's runtime_env sets LLM_SERVER_ENV_DEFAULTS, then `llm_server_env`.
     """
     tp = config.tensor_parallel_size
-    actor: dict[str, Any] = {"num_cpus": 1}
-    if config.llm_server_env:
-        actor["runtime_env"] = {"env_vars": dict(config.llm_server_env)}
+    env = LLM_SERVER_ENV_DEFAULTS | config.llm_server_env
+    actor: dict[str, Any] = {"num_cpus": 1, "runtime_env": {"env_vars": env}}
     if accelerator == "cpu":
         return ReplicaPlacement(ray_actor_options=actor)
     if tp == 1:

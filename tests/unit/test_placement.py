@@ -1,5 +1,7 @@
 """Replica placement: CPU, one GPU, tensor-parallel bundles, and the fail-fast GPU check."""
 
+from typing import Any
+
 import pytest
 
 from serve_app.config import AppConfig
@@ -24,7 +26,9 @@ def test_auto_accelerator_follows_cluster_gpus() -> None:
 
 def test_cpu_replica_reserves_one_cpu_and_no_gpu() -> None:
     options = plan_placement(config(), "cpu").deployment_options()
-    assert options == {"ray_actor_options": {"num_cpus": 1}}
+    assert options.keys() == {"ray_actor_options"}
+    assert options["ray_actor_options"]["num_cpus"] == 1
+    assert "num_gpus" not in options["ray_actor_options"]
 
 
 def test_single_gpu_replica_reserves_one_gpu() -> None:
@@ -38,19 +42,28 @@ def test_tensor_parallel_replica_gets_one_gpu_bundle_per_worker() -> None:
     bundles = options["placement_group_bundles"]
     assert [b.get("GPU") for b in bundles] == [1, 1, 1, 1]
     assert bundles[0]["CPU"] == 1
-    assert options["ray_actor_options"] == {"num_cpus": 1, "num_gpus": 0}
+    assert options["ray_actor_options"]["num_cpus"] == 1
+    assert options["ray_actor_options"]["num_gpus"] == 0
     assert options["placement_group_strategy"] == "STRICT_PACK"
 
 
 @pytest.mark.parametrize(("accelerator", "tp"), [("cpu", 1), ("gpu", 1), ("gpu", 2)])
-def test_llm_server_env_becomes_the_replica_runtime_env(
+def test_llm_server_env_extends_and_overrides_the_replica_defaults(
     accelerator: ResolvedAccelerator, tp: int
 ) -> None:
-    env = {"VLLM_LOGGING_LEVEL": "DEBUG"}
-    options = plan_placement(config(llm_server_env=env, tensor_parallel_size=tp), accelerator)
-    assert options.ray_actor_options["runtime_env"] == {"env_vars": env}
-    assert options.ray_actor_options["num_cpus"] == 1
-    assert "runtime_env" not in plan_placement(config(), accelerator).ray_actor_options
+    def env_vars(**overrides: Any) -> dict[str, str]:
+        cfg = config(tensor_parallel_size=tp, **overrides)
+        options = plan_placement(cfg, accelerator).ray_actor_options
+        assert options["num_cpus"] == 1
+        return options["runtime_env"]["env_vars"]
+
+    assert env_vars() == {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
+    assert env_vars(llm_server_env={"VLLM_LOGGING_LEVEL": "DEBUG"}) == {
+        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+        "VLLM_LOGGING_LEVEL": "DEBUG",
+    }
+    own_thread = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "1"}
+    assert env_vars(llm_server_env=own_thread) == own_thread
 
 
 def test_pack_strategy_is_passed_through() -> None:
