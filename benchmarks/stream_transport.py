@@ -6,11 +6,12 @@ HTTP: a deployment yields `GenerationChunk`s as fast as it can, and a second dep
 drains S concurrent streams of them through `EngineClient`, once per transport
 (`engine_transport` in serve_config.yaml): Serve's gRPC channel between replicas, and Ray's
 actor-task streaming. With `--source-modes`, once per way of running the producing
-replica's user code (SOURCE_MODES): on Serve's separate user-code thread (its default, each
-chunk handed to the replica's main loop with `call_soon_threadsafe`) or on the main loop.
+replica's user code (SOURCE_MODES): on the replica's main loop (what LLMServer does,
+`LLM_SERVER_ENV_DEFAULTS`) or on Serve's separate user-code thread (Serve's default, each
+chunk handed to the replica's main loop with `call_soon_threadsafe`).
 
     python -m benchmarks.stream_transport [--streams 1 32 128] [--chunks 8000] [--repeats 3]
-        [--source-modes separate-thread one-loop] [--out benchmarks/results/cpu]
+        [--source-modes one-loop separate-thread] [--out benchmarks/results/cpu]
 
 Writes `stream_transport.json` and `stream_transport.png` under `--out`.
 """
@@ -34,12 +35,13 @@ from benchmarks.report import figure, machine
 from deployments.engine_client import EngineClient
 from deployments.generation import ChoiceDelta, GenerateRequest, GenerationChunk, SamplingSpec
 from serve_app.config import EngineTransport
+from serve_app.constants import LLM_SERVER_ENV_DEFAULTS
 
 TRANSPORTS: tuple[EngineTransport, ...] = get_args(EngineTransport)
-# Environments of the producing replica (what LLMServer's runtime_env could set).
+# Environments of the producing replica: LLMServer's, and Serve's default.
 SOURCE_MODES: dict[str, dict[str, str]] = {
-    "separate-thread": {},
-    "one-loop": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"},
+    "one-loop": dict(LLM_SERVER_ENV_DEFAULTS),
+    "separate-thread": {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "1"},
 }
 
 
@@ -140,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--chunks", type=int, default=8000, help="chunks per timed run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
-        "--source-modes", nargs="+", choices=list(SOURCE_MODES), default=["separate-thread"]
+        "--source-modes", nargs="+", choices=list(SOURCE_MODES), default=["one-loop"]
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cpu"))
     args = parser.parse_args(argv)
