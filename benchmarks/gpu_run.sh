@@ -2,7 +2,8 @@
 # The runs made on the GPU test machine (H100/H200, vLLM 0.26 + Ray 2.60 carried as wheels,
 # see ../shared/gpu/README.md), after `bash /tmp/chunks/device-install.sh`:
 #   bash benchmarks/gpu_run.sh MODE OUT [ARGS]
-# MODE: compare|scale|sweep|sweep-no-engine-metrics|sweep-python-proxy|experiments|tests
+# MODE: compare|scale|sweep|sweep-no-engine-metrics|sweep-python-proxy|loop-stall|experiments|
+#       tests
 # compare: bare vLLM vs our app, Llama-3-8B shape with dummy weights, 512 in / 128 out tokens.
 # scale:   our app with 1 then 2 replicas (one GPU each) at concurrency 256.
 # tests:   pytest tests/gpu (1 and 2 GPUs).
@@ -20,6 +21,8 @@
 #          LLMServer's samples at 128), py-spy at 128: run it right after `sweep` and compare
 #          with that call's figures (results/NOTES.md, 9).
 # sweep-python-proxy: our app alone, 1, 2 and 4 ingress replicas behind Serve's Python proxy.
+# loop-stall: a streaming client's chunk gaps while others send oversized prompts, our app then
+#          bare vLLM (benchmarks/loop_stall.py; on 2 CPU cores CPU contention hid the effect).
 # On the device tool, which brings back at most 8 files, run it on a folder of /tmp and pack
 # that into $OUT afterwards (also when a time limit stops it):
 #   timeout 540 bash benchmarks/gpu_run.sh compare /tmp/r/compare; tar -czf $OUT/r.tgz -C /tmp r
@@ -49,12 +52,14 @@ case $1 in
       --app-args '{"metrics": {"engine_metrics": false}}' "${@:3}" ;;
   sweep-python-proxy)
     RAY_SERVE_ENABLE_HA_PROXY=0 "${sweep[@]}" --variants 1 2 4 "${@:3}" ;;
+  loop-stall)
+    python3 -m benchmarks.loop_stall --dummy-8b --out "$out" "${@:3}" ;;
   experiments)
     "${ours[@]}" --app-args '{"max_chunks_per_second": null}' --out "$out/grpc-unpaced"
     "${ours[@]}" --app-args '{"engine_transport": "actor"}' --out "$out/actor-paced" ;;
   tests)
     python3 -m pytest tests/gpu -v -p no:cacheprovider -o addopts="" 2>&1 | tee "$out/gpu-tests.log" ;;
   *) echo "usage: $0 MODE OUT [ARGS]; MODE: compare|scale|sweep|sweep-no-engine-metrics|" \
-       "sweep-python-proxy|experiments|tests" >&2
+       "sweep-python-proxy|loop-stall|experiments|tests" >&2
      exit 2 ;;
 esac

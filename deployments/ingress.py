@@ -25,7 +25,7 @@ from deployments.errors import OpenAIError, internal_error, invalid_request
 from deployments.health import ReplicaHealth
 from deployments.metrics import UNMATCHED_ROUTE, HTTPMetricsMiddleware, IngressMetrics
 from deployments.prometheus import PROMETHEUS_CONTENT_TYPE, NodeMetrics
-from deployments.prompts import PromptRenderer
+from deployments.prompts import OffLoopRenderer, PromptRenderer
 from deployments.protocol import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -146,7 +146,9 @@ class OpenAIIngress:
         self._metrics = IngressMetrics(config.served_name, config.metrics)
         app.state.metrics = self._metrics
         self._gauge_refresher = asyncio.create_task(self._metrics.keep_gauges_alive())
-        self._renderer = PromptRenderer(resolve_model(config.tokenizer or config.model))
+        self._renderer = OffLoopRenderer(
+            PromptRenderer(resolve_model(config.tokenizer or config.model))
+        )
         services = (self._engine, self._renderer, config.served_name, self._metrics)
         self._chat = ChatService(*services)
         self._completions = CompletionService(*services)
@@ -167,16 +169,16 @@ class OpenAIIngress:
         """vLLM's extension: the token ids the engine would receive."""
         self._chat.check_model(body.model)
         if body.messages is not None:
-            tokens = self._renderer.chat(body.messages)
+            tokens = await self._renderer.chat(body.messages)
         else:
-            tokens = self._renderer.encode(body.prompt or "", body.add_special_tokens)
+            tokens = await self._renderer.encode(body.prompt or "", body.add_special_tokens)
         info = await self._engine.model_info()
         return TokenizeResponse(tokens=tokens, count=len(tokens), max_model_len=info.max_model_len)
 
     @app.post(DETOKENIZE_ROUTE)
     async def detokenize(self, body: DetokenizeRequest) -> DetokenizeResponse:
         self._chat.check_model(body.model)
-        return DetokenizeResponse(prompt=self._renderer.decode(body.tokens))
+        return DetokenizeResponse(prompt=await self._renderer.decode(body.tokens))
 
     @app.get(MODELS_ROUTE)
     async def models(self) -> ModelList:

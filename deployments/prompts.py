@@ -1,6 +1,9 @@
 """Prompt rendering in the ingress: chat template and tokenization, then context-length checks."""
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from jinja2 import TemplateError
 from transformers import AutoTokenizer
@@ -10,6 +13,7 @@ from deployments.protocol import ChatMessage, CompletionRequest
 
 # Templates know system/user/assistant; OpenAI's newer `developer` role is a system message.
 _TEMPLATE_ROLES = {"developer": "system"}
+_T = TypeVar("_T")
 
 
 class PromptRenderer:
@@ -50,6 +54,35 @@ class PromptRenderer:
         if any(t < 0 or t >= len(self._tokenizer) for t in tokens):
             raise invalid_request("A token id is outside the vocabulary.", "tokens")
         return self._tokenizer.decode(tokens)
+
+
+class OffLoopRenderer:
+    """A PromptRenderer for an event loop: its work runs on a worker thread of its own.
+
+    The ingress's loop relays every stream's chunks; the Rust tokenizer releases the GIL, so
+    tokenizing a long prompt there does not hold up the other requests' chunks
+    (`benchmarks/loop_stall.py` measures the gaps). One thread, as in vLLM's API server: the
+    tokenizer is never used from two threads at once.
+    """
+
+    def __init__(self, renderer: PromptRenderer) -> None:
+        self._renderer = renderer
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
+
+    async def chat(self, messages: Sequence[ChatMessage]) -> list[int]:
+        return await self._run(self._renderer.chat, messages)
+
+    async def completion(self, request: CompletionRequest) -> list[list[int]]:
+        return await self._run(self._renderer.completion, request)
+
+    async def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return await self._run(self._renderer.encode, text, add_special_tokens)
+
+    async def decode(self, tokens: Sequence[int]) -> str:
+        return await self._run(self._renderer.decode, tokens)
+
+    async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
 
 
 def resolve_max_tokens(

@@ -20,7 +20,7 @@ from deployments.generation import (
     TokenLogprob,
 )
 from deployments.metrics import IngressMetrics
-from deployments.prompts import PromptRenderer, resolve_max_tokens
+from deployments.prompts import OffLoopRenderer, resolve_max_tokens
 from deployments.protocol import ChatCompletionRequest, CompletionRequest, Usage, VllmStats
 
 SSE_DONE = "data: [DONE]\n\n"
@@ -139,7 +139,7 @@ class OpenAIServing:
     def __init__(
         self,
         engine: EngineClient,
-        renderer: PromptRenderer,
+        renderer: OffLoopRenderer,
         served_name: str,
         metrics: IngressMetrics,
     ) -> None:

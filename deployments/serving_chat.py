@@ -27,7 +27,7 @@ class ChatService(OpenAIServing):
     async def _generation(self, request: ChatCompletionRequest) -> Generation:
         timer = Timer()
         self.check_model(request.model)
-        prompt = self._renderer.chat(request.messages)
+        prompt = await self._renderer.chat(request.messages)
         return await self.new_generation(
             "chatcmpl", request, [prompt], request.requested_max_tokens, "messages", timer
         )

@@ -22,7 +22,7 @@ class CompletionService(OpenAIServing):
     async def _generation(self, request: CompletionRequest) -> Generation:
         timer = Timer()
         self.check_model(request.model)
-        prompts = self._renderer.completion(request)
+        prompts = await self._renderer.completion(request)
         max_tokens = request.max_tokens or DEFAULT_COMPLETION_MAX_TOKENS
         return await self.new_generation("cmpl", request, prompts, max_tokens, "prompt", timer)
 
