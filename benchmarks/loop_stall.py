@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import aiohttp
 from pydantic import BaseModel
@@ -171,7 +171,8 @@ def plot(stacks: Sequence[StackStall], path: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.loop_stall")
     add_engine_args(parser)
-    parser.add_argument("--stacks", nargs="+", choices=["ours", "bare"], default=["ours", "bare"])
+    stacks = get_args(Stack)
+    parser.add_argument("--stacks", nargs="+", choices=stacks, default=list(stacks))
     parser.add_argument("--prompt-words", type=int, default=40_000)
     parser.add_argument("--flood-concurrency", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=256, help="the victim's tokens")
@@ -200,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             asyncio.run(warm_up(url, setup.served_model_name, args.warmups))
             phases = [
                 asyncio.run(measure_phase(url, setup.served_model_name, name, args))
-                for name in ("alone", "oversized prompts")
+                for name in get_args(PhaseName)
             ]
         results.append(StackStall(name=stack, startup_s=round(startup_s, 1), phases=phases))
         for phase in phases:
