@@ -1,8 +1,9 @@
 """The OpenAI ingress deployment: FastAPI wiring of the OpenAI routes to the services.
 
 Request path: count (HTTPMetricsMiddleware) -> authenticate (APIKeyMiddleware, when API_KEYS
-is set) -> parse and validate (pydantic) -> render the prompt -> route to an LLM-server
-replica through a streaming handle -> JSON or SSE. Every error leaves as an OpenAI error body.
+is set) -> cap the body (BodyLimitMiddleware) -> parse and validate (pydantic) -> render the
+prompt -> route to an LLM-server replica through a streaming handle -> JSON or SSE. Every
+error leaves as an OpenAI error body.
 """
 
 import asyncio
@@ -20,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive
 
 from deployments.auth import APIKeyMiddleware, keys_from_env
+from deployments.body_limit import TOO_LARGE_CODE, BodyLimitMiddleware
 from deployments.engine_client import EngineClient
 from deployments.errors import OpenAIError, internal_error, invalid_request
 from deployments.health import ReplicaHealth
@@ -59,7 +61,8 @@ from serve_app.default_model import resolve_model
 logger = logging.getLogger("ray.serve")
 
 app = FastAPI(title="vLLM on Ray Serve", summary="OpenAI-compatible LLM serving")
-# The last added runs first: count every request, then check its key.
+# The last added runs first: count every request, check its key, then its size.
+app.add_middleware(BodyLimitMiddleware)
 app.add_middleware(APIKeyMiddleware, keys=keys_from_env())
 app.add_middleware(HTTPMetricsMiddleware, tracked_paths=(CHAT_ROUTE, COMPLETIONS_ROUTE))
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -100,7 +103,9 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 @app.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     error_type = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-    return _error_response(request, OpenAIError(str(exc.detail), exc.status_code, error_type))
+    code = TOO_LARGE_CODE if exc.status_code == 413 else None
+    error = OpenAIError(str(exc.detail), exc.status_code, error_type, code=code)
+    return _error_response(request, error)
 
 
 @app.exception_handler(Exception)
@@ -145,6 +150,7 @@ class OpenAIIngress:
         self._engine = EngineClient(llm_server, config.engine_transport)
         self._metrics = IngressMetrics(config.served_name, config.metrics)
         app.state.metrics = self._metrics
+        app.state.max_request_bytes = config.max_request_bytes
         self._gauge_refresher = asyncio.create_task(self._metrics.keep_gauges_alive())
         self._renderer = OffLoopRenderer(
             PromptRenderer(resolve_model(config.tokenizer or config.model))

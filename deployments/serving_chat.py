@@ -27,7 +27,8 @@ class ChatService(OpenAIServing):
     async def _generation(self, request: ChatCompletionRequest) -> Generation:
         timer = Timer()
         self.check_model(request.model)
-        prompt = await self._renderer.chat(request.messages)
+        info = await self._engine.model_info()
+        prompt = await self._renderer.chat(request.messages, info.max_model_len)
         return await self.new_generation(
             "chatcmpl", request, [prompt], request.requested_max_tokens, "messages", timer
         )

@@ -22,7 +22,8 @@ class CompletionService(OpenAIServing):
     async def _generation(self, request: CompletionRequest) -> Generation:
         timer = Timer()
         self.check_model(request.model)
-        prompts = await self._renderer.completion(request)
+        info = await self._engine.model_info()
+        prompts = await self._renderer.completion(request, info.max_model_len)
         max_tokens = request.max_tokens or DEFAULT_COMPLETION_MAX_TOKENS
         return await self.new_generation("cmpl", request, prompts, max_tokens, "prompt", timer)
 

@@ -10,6 +10,7 @@ from serve_app.constants import (
     DEFAULT_CPU_KVCACHE_GIB,
     DEFAULT_ENGINE_TRANSPORT,
     DEFAULT_MAX_CHUNKS_PER_SECOND,
+    DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_METRICS_EXPORT_PORT,
     DEFAULT_MODEL_ID,
     E2E_BUCKETS_S,
@@ -113,6 +114,10 @@ class AppConfig(BaseModel):
         DEFAULT_ENGINE_TRANSPORT,
         description="How token streams travel from LLM replicas to the ingress: grpc "
         "(Serve's replica-to-replica gRPC channel) or actor (Ray actor-task streaming).",
+    )
+    max_request_bytes: PositiveInt = Field(
+        DEFAULT_MAX_REQUEST_BYTES,
+        description="Largest request body the ingress reads; larger ones get a 413 error.",
     )
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     llm_server_env: dict[str, str] = Field(

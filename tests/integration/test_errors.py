@@ -1,7 +1,11 @@
 """Bad requests get OpenAI-shaped errors with the right status, type and param."""
 
+from collections.abc import Iterator
+
 import httpx
+import openai
 import pytest
+from ray.serve.schema import ServeDeploySchema
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -75,6 +79,60 @@ def test_prompt_longer_than_the_context_is_400(http: httpx.Client, model: str) -
     prompt = "hello " * (max_len + 10)
     response = http.post("/v1/completions", json={"model": model, "prompt": prompt})
     assert assert_error(response, 400, "prompt")["code"] == "context_length_exceeded"
+
+
+def test_prompt_that_cannot_fit_is_refused_before_tokenizing(
+    client: openai.OpenAI, http: httpx.Client, model: str
+) -> None:
+    # No token of the default model covers more than 81 characters, so this many cannot fit.
+    max_len = http.get("/v1/models").json()["data"][0]["max_model_len"]
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=model, prompt="hello " * (max_len * 14), max_tokens=1)
+    error = info.value.body
+    assert isinstance(error, dict)
+    assert (error["param"], error["code"]) == ("prompt", "context_length_exceeded")
+    assert "characters" in error["message"]
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "hi " * (max_len * 28)}]
+        )
+    assert isinstance(info.value.body, dict) and info.value.body["param"] == "messages"
+
+
+def request_limit(deploy_config: ServeDeploySchema) -> int:
+    return int(deploy_config.applications[0].args["max_request_bytes"])
+
+
+def test_body_over_the_limit_is_413_and_the_service_carries_on(
+    client: openai.OpenAI, deploy_config: ServeDeploySchema, model: str
+) -> None:
+    limit = request_limit(deploy_config)
+    with pytest.raises(openai.APIStatusError) as info:
+        client.completions.create(model=model, prompt="x" * (limit + 1), max_tokens=1)
+    assert info.value.status_code == 413
+    error = info.value.body
+    assert isinstance(error, dict)
+    assert (error["type"], error["code"]) == ("invalid_request_error", "request_too_large")
+    assert str(limit) in error["message"]
+    answer = client.completions.create(model=model, prompt="Paris is", max_tokens=2)
+    assert answer.usage is not None and answer.usage.completion_tokens == 2
+
+
+def test_chunked_body_over_the_limit_is_413(
+    http: httpx.Client, deploy_config: ServeDeploySchema
+) -> None:
+    limit = request_limit(deploy_config)
+
+    def body() -> Iterator[bytes]:  # no Content-Length: sent chunked
+        yield b'{"model": "m", "prompt": "'
+        for _ in range(limit // 65536 + 1):
+            yield b"x" * 65536
+        yield b'"}'
+
+    response = http.post(
+        "/v1/completions", content=body(), headers={"Content-Type": "application/json"}
+    )
+    assert assert_error(response, 413)["code"] == "request_too_large"
 
 
 @pytest.mark.parametrize(

@@ -5,11 +5,27 @@ import threading
 from pathlib import Path
 
 import pytest
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from deployments.errors import OpenAIError
-from deployments.prompts import OffLoopRenderer, PromptRenderer, resolve_max_tokens
+from deployments.prompts import (
+    OffLoopRenderer,
+    PromptRenderer,
+    max_token_chars,
+    resolve_max_tokens,
+)
+from deployments.protocol import ChatMessage, CompletionRequest
+
+# Texts for the byte-level tokenizer: seen words, unseen ones, long runs, accents, emoji.
+SAMPLES = [
+    "hello world",
+    "hello" * 40,
+    " " * 200,
+    "world hello\n\n\tworld",
+    "zzz qqq 12345 !!!",
+    "héllo wörld, ça va? 東京 🙂🙂",
+]
 
 
 @pytest.fixture(scope="module")
@@ -20,6 +36,80 @@ def renderer(tmp_path_factory: pytest.TempPathFactory) -> PromptRenderer:
     path: Path = tmp_path_factory.mktemp("tokenizer")
     PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]").save_pretrained(path)
     return PromptRenderer(str(path))
+
+
+@pytest.fixture(scope="module")
+def bpe_renderer(tmp_path_factory: pytest.TempPathFactory) -> PromptRenderer:
+    """A real renderer over a small byte-level BPE (the kind of Llama 3, Qwen, SmolLM2)."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=alphabet)
+    tokenizer.train_from_iterator(["hello world, hello there"] * 20, trainer)
+    path: Path = tmp_path_factory.mktemp("bpe")
+    template = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, chat_template=template)
+    fast.save_pretrained(path)
+    return PromptRenderer(str(path))
+
+
+def _refused_unread(renderer: PromptRenderer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make any tokenization fail the test."""
+
+    def refuse(*_: object, **__: object) -> list[int]:
+        raise AssertionError("tokenized a prompt that cannot fit")
+
+    monkeypatch.setattr(renderer._tokenizer, "encode", refuse)
+
+
+def test_byte_level_bpe_bounds_the_characters_a_token_covers(
+    bpe_renderer: PromptRenderer,
+) -> None:
+    tokenizer = bpe_renderer._tokenizer
+    longest = max_token_chars(tokenizer)
+    assert longest == max(len(entry) for entry in tokenizer.get_vocab())
+    for text in SAMPLES:
+        assert len(tokenizer.encode(text)) * longest >= len(text), text
+
+
+def test_a_tokenizer_with_an_unknown_token_has_no_bound(renderer: PromptRenderer) -> None:
+    # WordLevel maps any unknown word, however long, to one [UNK].
+    assert max_token_chars(renderer._tokenizer) is None
+    assert renderer.completion(CompletionRequest(model="m", prompt="x" * 1000), 2) == [[0]]
+
+
+def test_a_prompt_that_cannot_fit_is_refused_before_tokenizing(
+    bpe_renderer: PromptRenderer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    longest = max_token_chars(bpe_renderer._tokenizer)
+    assert longest is not None
+    _refused_unread(bpe_renderer, monkeypatch)
+    request = CompletionRequest(model="m", prompt=["hello", "x" * (longest * 10)])
+    with pytest.raises(OpenAIError) as info:
+        bpe_renderer.completion(request, 10)
+    assert (info.value.status_code, info.value.param) == (400, "prompt")
+    assert info.value.code == "context_length_exceeded"
+    assert f"{longest * 10} characters" in info.value.message
+
+
+def test_a_conversation_that_cannot_fit_is_refused_naming_messages(
+    bpe_renderer: PromptRenderer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _refused_unread(bpe_renderer, monkeypatch)
+    messages = [ChatMessage(role="user", content="hello " * 1000)]
+    with pytest.raises(OpenAIError) as info:
+        bpe_renderer.chat(messages, 100)
+    assert (info.value.param, info.value.code) == ("messages", "context_length_exceeded")
+
+
+def test_prompts_within_the_bound_are_tokenized(bpe_renderer: PromptRenderer) -> None:
+    # 50 characters can be as few as ceil(50 / longest) tokens: not refused here; the exact
+    # count is checked against the context once known (resolve_max_tokens).
+    prompts = bpe_renderer.completion(CompletionRequest(model="m", prompt="hello " * 50), 100)
+    assert len(prompts) == 1 and prompts[0]
+    messages = [ChatMessage(role="user", content="hello world")]
+    assert bpe_renderer.chat(messages, 100) == bpe_renderer.chat(messages)
 
 
 def test_off_loop_renderer_tokenizes_on_its_own_thread(
