@@ -5,7 +5,9 @@ context, which a server has to tokenize before it can refuse them (400). Whateve
 server spends on that in the event loop that also relays the victim's chunks shows up as
 gaps in the victim's stream. This measures the victim's inter-chunk gaps alone and under
 that flood, on our app and on bare vLLM, started one after the other with the same engine
-arguments (the stacks of `benchmarks.serving`).
+arguments (the stacks of `benchmarks.serving`). The flood's clients run in a process of
+their own, so their client-side work (encoding each oversized body) cannot delay the
+victim's reads.
 
     python -m benchmarks.loop_stall [--stacks ours bare] [--prompt-words 40000]
         [--flood-concurrency 2] [--max-tokens 256] [--repeats 3] [--warmups 4]
@@ -18,12 +20,15 @@ import argparse
 import asyncio
 import itertools
 import json
+import multiprocessing
 import statistics
 import sys
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
+from multiprocessing.queues import SimpleQueue
+from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -93,7 +98,7 @@ async def warm_up(url: str, model: str, streams: int) -> None:
 
 
 async def flood(
-    session: aiohttp.ClientSession, url: str, model: str, prompt: str, stop: asyncio.Event
+    session: aiohttp.ClientSession, url: str, model: str, prompt: str, stop: Event
 ) -> list[tuple[int, float]]:
     """Oversized completions one after the other until `stop`: (status, seconds) each."""
     sent: list[tuple[int, float]] = []
@@ -106,25 +111,65 @@ async def flood(
     return sent
 
 
+def flood_process(
+    url: str,
+    model: str,
+    prompt: str,
+    clients: int,
+    ready: Event,
+    stop: Event,
+    results: "SimpleQueue[list[tuple[int, float]]]",
+) -> None:
+    """`clients` floods at once until `stop`, in a process of their own; their sends go to
+    `results`. `ready` is set once they can send."""
+
+    async def run() -> list[tuple[int, float]]:
+        async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
+            ready.set()
+            sent = await asyncio.gather(
+                *(flood(session, url, model, prompt, stop) for _ in range(clients))
+            )
+        return [item for each in sent for item in each]
+
+    results.put(asyncio.run(run()))
+
+
+async def flooded_victim(
+    url: str, model: str, prompt: str, clients: int, tokens: int
+) -> tuple[list[float], list[tuple[int, float]]]:
+    """The victim's arrivals while `clients` other clients (another process) flood the server."""
+    context = multiprocessing.get_context("spawn")
+    ready, stop = context.Event(), context.Event()
+    results: SimpleQueue[list[tuple[int, float]]] = context.SimpleQueue()
+    args = (url, model, prompt, clients, ready, stop, results)
+    process = context.Process(target=flood_process, args=args)
+    process.start()
+    try:
+        await asyncio.to_thread(ready.wait)
+        async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
+            arrivals = await victim(session, url, model, tokens)
+    finally:
+        stop.set()
+    sent = await asyncio.to_thread(results.get)
+    process.join()
+    return arrivals, sent
+
+
 async def measure_phase(url: str, model: str, name: PhaseName, args: argparse.Namespace) -> Phase:
     gaps: list[float] = []
     rates: list[float] = []
     flooded: list[tuple[int, float]] = []
     prompt = FLOOD_WORD * args.prompt_words
     flooders = args.flood_concurrency if name == "oversized prompts" else 0
-    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
-        for _ in range(args.repeats):
-            stop = asyncio.Event()
-            floods = [
-                asyncio.create_task(flood(session, url, model, prompt, stop))
-                for _ in range(flooders)
-            ]
-            arrivals = await victim(session, url, model, args.max_tokens)
-            stop.set()
-            for sent in await asyncio.gather(*floods):
-                flooded += sent
-            gaps += [b - a for a, b in itertools.pairwise(arrivals)]
-            rates.append((len(arrivals) - 1) / (arrivals[-1] - arrivals[0]))
+    for _ in range(args.repeats):
+        if flooders:
+            arrivals, sent = await flooded_victim(url, model, prompt, flooders, args.max_tokens)
+            flooded += sent
+        else:
+            async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
+                arrivals = await victim(session, url, model, args.max_tokens)
+        gaps += [b - a for a, b in itertools.pairwise(arrivals)]
+        rates.append((len(arrivals) - 1) / (arrivals[-1] - arrivals[0]))
     return Phase(
         name=name,
         gap_ms=_percentiles_ms(gaps),
