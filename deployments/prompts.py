@@ -85,8 +85,11 @@ def max_token_chars(tokenizer: PreTrainedTokenizerBase) -> int | None:
     Byte-level and byte-fallback BPE spell any text with vocabulary entries, never an unknown
     token, and an entry stands for at most as many characters as it has (byte-level entries
     have a character per byte). Other tokenizers can fold a run of unknown text into one
-    token, as can added tokens that strip the whitespace around them: None, no bound.
+    token, as can added tokens that strip the whitespace around them: None, no bound; also
+    for tokenizers without a `tokenizers` backend to read this from.
     """
+    if not tokenizer.is_fast:
+        return None
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
     model = spec["model"]
     # The pre-tokenizer is a ByteLevel or a Sequence that holds one (Llama 3).

@@ -3,6 +3,7 @@
 import asyncio
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -77,6 +78,11 @@ def test_a_tokenizer_with_an_unknown_token_has_no_bound(renderer: PromptRenderer
     # WordLevel maps any unknown word, however long, to one [UNK].
     assert max_token_chars(renderer._tokenizer) is None
     assert renderer.completion(CompletionRequest(model="m", prompt="x" * 1000), 2) == [[0]]
+
+
+def test_a_tokenizer_without_a_rust_backend_has_no_bound() -> None:
+    slow = SimpleNamespace(is_fast=False)
+    assert max_token_chars(slow) is None  # type: ignore[arg-type]
 
 
 def test_a_prompt_that_cannot_fit_is_refused_before_tokenizing(
