@@ -48,6 +48,10 @@ def series(text: str, name: str) -> list[str]:
     return [line for line in text.splitlines() if re.match(rf"{re.escape(name)}[{{ ]", line)]
 
 
+def total(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in series(text, name))
+
+
 def small_load(http: httpx.Client, model: str) -> None:
     """Chat and completions, streamed or not, an error, an abort and a prefix-cache hit."""
     body = {"model": model, "messages": QUESTION, "max_tokens": 8, "temperature": 0}
@@ -117,11 +121,18 @@ def test_abandoned_stream_counts_as_aborted(exposition: str) -> None:
     assert any('route="/v1/completions"' in line and not line.endswith(" 0.0") for line in lines)
 
 
-def test_abandoned_streams_are_cancelled_in_the_engine(scrapes: dict[str, str]) -> None:
-    # Counted by the LLMServer replica when its generator is cancelled mid-stream.
+def test_abandoned_streams_are_cancelled_in_the_engine(
+    http: httpx.Client, scrapes: dict[str, str]
+) -> None:
+    # Counted by the LLMServer replica when its generator is cancelled mid-stream, which can
+    # be after the scrape in which the counter first appeared: look until all 3 are exported.
     name = "ray_llm_engine_cancellations_total"
-    lines = series(scrapes[name], name)
-    assert sum(float(line.rsplit(" ", 1)[1]) for line in lines) >= 3  # small_load leaves 3
+    deadline = time.monotonic() + EXPORT_WAIT_S
+    text = scrapes[name]
+    while (cancelled := total(text, name)) < 3 and time.monotonic() < deadline:
+        time.sleep(2)
+        text = scrape(http)
+    assert cancelled >= 3  # small_load leaves 3
 
 
 def test_a_client_that_leaves_is_no_server_error(exposition: str) -> None:
