@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from deployments.errors import OpenAIError
+from deployments.errors import OpenAIError, send_error
 from serve_app.constants import ENV_API_KEYS, HEALTH_ROUTE
 
 
@@ -43,10 +43,7 @@ class APIKeyMiddleware:
             None,
             "invalid_api_key",
         )
-        body = error.response_body().model_dump_json().encode()
-        headers = [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]
-        await send({"type": "http.response.start", "status": 401, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, error, [(b"www-authenticate", b"Bearer")])
 
     def _authorized(self, scope: Scope) -> bool:
         header = dict(scope["headers"]).get(b"authorization", b"")

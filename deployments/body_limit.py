@@ -6,18 +6,10 @@ length is refused before a byte of it reaches the app (the server drains it, so 
 reads the 413 rather than a reset); a chunked one when it passes the limit.
 """
 
-from http import HTTPStatus
-
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from deployments.errors import OpenAIError
-
-TOO_LARGE_CODE = "request_too_large"
-
-
-def too_large_message(limit: int) -> str:
-    return f"The request body is larger than this server's limit of {limit} bytes."
+from deployments.errors import request_too_large, send_error
 
 
 class BodyLimitMiddleware:
@@ -33,7 +25,7 @@ class BodyLimitMiddleware:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _refuse(send, limit)
+            await send_error(send, request_too_large(limit))
             return
         received = 0
 
@@ -45,22 +37,8 @@ class BodyLimitMiddleware:
                 if received > limit:
                     # FastAPI re-raises HTTPExceptions from body parsing; the ingress's
                     # handler renders them as OpenAI errors.
-                    status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
-                    raise HTTPException(status, too_large_message(limit))
+                    error = request_too_large(limit)
+                    raise HTTPException(error.status_code, error.message)
             return message
 
         await self.app(scope, counted, send)
-
-
-async def _refuse(send: Send, limit: int) -> None:
-    error = OpenAIError(
-        too_large_message(limit),
-        HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-        "invalid_request_error",
-        None,
-        TOO_LARGE_CODE,
-    )
-    body = error.response_body().model_dump_json().encode()
-    headers = [(b"content-type", b"application/json")]
-    await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

@@ -1,8 +1,13 @@
 """OpenAI-shaped errors: one exception type that both deployments raise and the ingress renders."""
 
+from collections.abc import Sequence
 from http import HTTPStatus
 
+from starlette.types import Send
+
 from deployments.protocol import ErrorDetail, ErrorResponse
+
+REQUEST_TOO_LARGE_CODE = "request_too_large"
 
 
 class OpenAIError(Exception):
@@ -35,6 +40,16 @@ def invalid_request(message: str, param: str | None = None, code: str | None = N
     return OpenAIError(message, HTTPStatus.BAD_REQUEST, "invalid_request_error", param, code)
 
 
+def request_too_large(limit: int) -> OpenAIError:
+    return OpenAIError(
+        f"The request body is larger than this server's limit of {limit} bytes.",
+        HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+        "invalid_request_error",
+        None,
+        REQUEST_TOO_LARGE_CODE,
+    )
+
+
 def model_not_found(model: str) -> OpenAIError:
     return OpenAIError(
         f"The model `{model}` does not exist.",
@@ -51,3 +66,15 @@ def service_unavailable(message: str) -> OpenAIError:
 
 def internal_error(message: str) -> OpenAIError:
     return OpenAIError(message, HTTPStatus.INTERNAL_SERVER_ERROR, "server_error")
+
+
+async def send_error(
+    send: Send, error: OpenAIError, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
+    """Answer with the error straight from ASGI middleware, before the app runs."""
+    body = error.response_body().model_dump_json().encode()
+    start_headers = [(b"content-type", b"application/json"), *headers]
+    await send(
+        {"type": "http.response.start", "status": error.status_code, "headers": start_headers}
+    )
+    await send({"type": "http.response.body", "body": body})

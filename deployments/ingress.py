@@ -21,9 +21,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive
 
 from deployments.auth import APIKeyMiddleware, keys_from_env
-from deployments.body_limit import TOO_LARGE_CODE, BodyLimitMiddleware
+from deployments.body_limit import BodyLimitMiddleware
 from deployments.engine_client import EngineClient
-from deployments.errors import OpenAIError, internal_error, invalid_request
+from deployments.errors import (
+    REQUEST_TOO_LARGE_CODE,
+    OpenAIError,
+    internal_error,
+    invalid_request,
+)
 from deployments.health import ReplicaHealth
 from deployments.metrics import UNMATCHED_ROUTE, HTTPMetricsMiddleware, IngressMetrics
 from deployments.prometheus import PROMETHEUS_CONTENT_TYPE, NodeMetrics
@@ -103,7 +108,7 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 @app.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     error_type = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-    code = TOO_LARGE_CODE if exc.status_code == 413 else None
+    code = REQUEST_TOO_LARGE_CODE if exc.status_code == 413 else None
     error = OpenAIError(str(exc.detail), exc.status_code, error_type, code=code)
     return _error_response(request, error)
 

@@ -16,6 +16,7 @@ from deployments.generation import (
     ChoiceDelta,
     GenerateRequest,
     GenerationChunk,
+    ModelInfo,
     SamplingSpec,
     TokenLogprob,
 )
@@ -152,17 +153,17 @@ class OpenAIServing:
         if model != self._served_name:
             raise model_not_found(model)
 
-    async def new_generation(
+    def new_generation(
         self,
         id_prefix: str,
         request: ChatCompletionRequest | CompletionRequest,
+        info: ModelInfo,
         prompts: Sequence[list[int]],
         requested_max_tokens: int | None,
         prompt_param: str,
         timer: Timer,
     ) -> Generation:
-        """Check each prompt against the context and build its engine request."""
-        info = await self._engine.model_info()
+        """Check each prompt against the engine's limits and build its engine request."""
         if request.num_logprobs is not None and request.num_logprobs > info.max_logprobs:
             raise OpenAIError(
                 f"At most {info.max_logprobs} logprobs per token are served.", param="logprobs"

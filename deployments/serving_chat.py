@@ -29,8 +29,8 @@ class ChatService(OpenAIServing):
         self.check_model(request.model)
         info = await self._engine.model_info()
         prompt = await self._renderer.chat(request.messages, info.max_model_len)
-        return await self.new_generation(
-            "chatcmpl", request, [prompt], request.requested_max_tokens, "messages", timer
+        return self.new_generation(
+            "chatcmpl", request, info, [prompt], request.requested_max_tokens, "messages", timer
         )
 
     async def complete(self, request: ChatCompletionRequest) -> ChatCompletion:

@@ -25,7 +25,7 @@ class CompletionService(OpenAIServing):
         info = await self._engine.model_info()
         prompts = await self._renderer.completion(request, info.max_model_len)
         max_tokens = request.max_tokens or DEFAULT_COMPLETION_MAX_TOKENS
-        return await self.new_generation("cmpl", request, prompts, max_tokens, "prompt", timer)
+        return self.new_generation("cmpl", request, info, prompts, max_tokens, "prompt", timer)
 
     async def complete(self, request: CompletionRequest) -> Completion:
         generation = await self._generation(request)
