@@ -49,6 +49,15 @@ DEFAULT_MAX_REQUEST_BYTES: Final = 8 * 1024 * 1024
 # at concurrency 128: 7 684 tok/s against 6 429 (benchmarks/results/NOTES.md, 6).
 SERVE_ENV_DEFAULTS: Final = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
 
+# Added to SERVE_ENV_DEFAULTS where this service runs Serve on one machine (`python -m serve_app
+# serve` starting Ray, the container entrypoint), not on KubeRay. A stopping ingress replica
+# behind HAProxy keeps accepting for RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S (30 s) so
+# that an external load balancer can deregister it; on one machine HAProxy is that balancer and
+# drops the app's route as soon as the app is deleted, so the wait only delayed the stop: an
+# idle entrypoint took 40 s to exit on SIGTERM, 12.6 s without it (2-core machine). In-flight
+# requests still finish (`serve_app.runner.drain_and_shutdown`).
+ONE_HOST_SERVE_ENV_DEFAULTS: Final = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0"}
+
 # Environment of every LLM-server replica (its Ray runtime_env), under the app's
 # `llm_server_env`, which overrides it (`serve_app.placement.plan_placement`).
 # RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0: the replica runs LLMServer's code (vLLM's

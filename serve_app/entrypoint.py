@@ -12,8 +12,9 @@ It owns the container's lifecycle, in this order:
 3. Once the app reports RUNNING, wait until GET /health answers 200 and log it. Exit 1 with
    the reason when the app fails to deploy (e.g. the model cannot be loaded: the serve runner
    exits 1 with Serve's message) or is not healthy within STARTUP_TIMEOUT_S.
-4. On SIGTERM/SIGINT drain: stop the serve runner (serve.shutdown lets replicas finish their
-   requests), then the Ray head, and exit 0.
+4. On SIGTERM/SIGINT drain: stop the serve runner (it deletes the app, whose replicas finish
+   their in-flight requests within graceful_shutdown_timeout_s, then stops Serve), then the
+   Ray head, and exit 0.
 
 The Ray head runs under `ray start --block` as a child: SIGTERM to that child stops exactly
 the Ray processes it started. `ray stop` is never used: it kills every Ray process of the user,

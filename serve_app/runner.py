@@ -3,7 +3,8 @@
 It validates the config, applies PORT to http_options, starts (or joins) Ray and Serve
 (a Ray it starts gets SERVE_ENV_DEFAULTS: HAProxy in front of the ingress replicas),
 deploys the applications, then waits: it exits non-zero with Serve's message as soon as an
-application fails to deploy, and shuts Serve down on SIGINT/SIGTERM.
+application fails to deploy, and on SIGINT/SIGTERM lets in-flight requests finish, then shuts
+Serve down.
 """
 
 import os
@@ -21,7 +22,7 @@ from ray.serve._private import api as serve_api
 from ray.serve.schema import ServeDeploySchema
 
 from serve_app.config import AppConfig
-from serve_app.constants import ENV_PORT, SERVE_ENV_DEFAULTS
+from serve_app.constants import ENV_PORT, ONE_HOST_SERVE_ENV_DEFAULTS, SERVE_ENV_DEFAULTS
 
 _POLL_SECONDS = 1.0
 
@@ -49,7 +50,7 @@ def with_serve_defaults(env: Mapping[str, str]) -> dict[str, str]:
     Serve reads them when it starts, in every Ray process: give them to the process that
     starts Ray (`ray.init` of a new local cluster, or `ray start`).
     """
-    return SERVE_ENV_DEFAULTS | dict(env)
+    return SERVE_ENV_DEFAULTS | ONE_HOST_SERVE_ENV_DEFAULTS | dict(env)
 
 
 def metrics_export_port(config: ServeDeploySchema) -> int:
@@ -116,5 +117,20 @@ def run(path: Path) -> int:
     except DeployFailedError as exc:
         print(exc, file=sys.stderr, flush=True)
         return 1
+    finally:
+        drain_and_shutdown(names)
+
+
+def drain_and_shutdown(names: list[str]) -> None:
+    """Delete the applications, then stop Serve.
+
+    Deleting an application stops its ingress replicas first: each stops accepting and finishes
+    its in-flight requests (up to its `graceful_shutdown_timeout_s`) while HAProxy still relays
+    them and the LLM replicas still serve them. `serve.shutdown()` alone kills HAProxy at once
+    and cuts every open stream. A second signal during the drain stops Serve without waiting.
+    """
+    try:
+        for name in names:
+            serve.delete(name)
     finally:
         serve.shutdown()

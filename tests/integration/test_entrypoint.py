@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 600  # a bound for a loaded machine; about 2 minutes when idle
 EXIT_TIMEOUT_S = 150
 RAY_GONE_TIMEOUT_S = 30
+DRAINED_STREAM_TOKENS = 256  # several seconds on CPU: the stream is in flight at SIGTERM
 PORT_RANGE = (20000, 32000)  # Linux's ephemeral ports start at 32768
 
 
@@ -199,7 +200,22 @@ def test_entrypoint_serves_the_model_and_drains_on_sigterm(start_entrypoint) -> 
 
     ray_processes = entrypoint.tree()
     assert len(ray_processes) > 3  # the runner, `ray start`, GCS, raylet, workers...
+    # A stream in flight when SIGTERM arrives is finished before Serve stops.
+    stream = client.completions.create(
+        model=DEFAULT_MODEL_ID,
+        prompt="Once upon a time",
+        max_tokens=DRAINED_STREAM_TOKENS,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True},
+    )
+    chunks = iter(stream)
+    next(chunks)
     entrypoint.process.send_signal(signal.SIGTERM)
+    rest = list(chunks)  # before the drain, HAProxy was killed at once: a connection error
+    assert rest[-1].usage.completion_tokens == DRAINED_STREAM_TOKENS
+    assert [c.choices[0].finish_reason for c in rest if c.choices][-1] == "length"
     assert entrypoint.process.wait(EXIT_TIMEOUT_S) == 0, entrypoint.output()[-5000:]
 
     leftovers = _wait_gone(ray_processes, RAY_GONE_TIMEOUT_S)

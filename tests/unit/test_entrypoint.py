@@ -68,16 +68,19 @@ def test_ray_start_args_come_last_and_the_dashboard_binds_to_localhost() -> None
     assert "--dashboard-port=8265" in command
 
 
-def test_children_get_token_auth_haproxy_and_not_an_inherited_ray_address() -> None:
+def test_children_get_token_auth_haproxy_no_drain_wait_and_not_an_inherited_ray_address() -> None:
     env = ray_env({"RAY_ADDRESS": "elsewhere:6379", "MODEL_NAME": "m", "API_KEYS": "k"})
     assert env == {
         "RAY_AUTH_MODE": "token",
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0",
         "MODEL_NAME": "m",
         "API_KEYS": "k",
     }
     assert ray_env({"RAY_AUTH_MODE": "disabled"})["RAY_AUTH_MODE"] == "disabled"
 
 
-def test_the_environment_can_turn_haproxy_off() -> None:
+def test_the_environment_can_turn_haproxy_off_and_set_a_drain_wait() -> None:
     assert ray_env({"RAY_SERVE_ENABLE_HA_PROXY": "0"})["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
+    wait = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "10"}
+    assert ray_env(wait).items() >= wait.items()
