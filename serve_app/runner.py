@@ -100,7 +100,11 @@ def run(path: Path) -> int:
         ray.init(address=address, namespace="serve")
     else:
         os.environ.update(with_serve_defaults(os.environ))
-        ray.init(namespace="serve", _metrics_export_port=metrics_export_port(config))
+        # "local": a new cluster, never the last one `ray start` recorded on this machine,
+        # which may be stopped (an entrypoint's head stopped on SIGTERM leaves its address).
+        ray.init(
+            address="local", namespace="serve", _metrics_export_port=metrics_export_port(config)
+        )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     names = [app.name for app in config.applications]
     try:

@@ -58,7 +58,12 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[None]:
     os.environ.update(with_serve_defaults(os.environ))  # as python -m serve_app serve
-    ray.init(namespace="serve", include_dashboard=False, _metrics_export_port=free_port())
+    ray.init(
+        address="local",  # as python -m serve_app serve: never a cluster recorded earlier
+        namespace="serve",
+        include_dashboard=False,
+        _metrics_export_port=free_port(),
+    )
     yield
     ray.shutdown()
 

@@ -42,7 +42,12 @@ def base_url(deploy_config: ServeDeploySchema) -> Iterator[str]:
     # HAProxy's own ports, free ones: a `make serve` on this machine keeps the defaults.
     for variable in HAPROXY_PORT_VARIABLES:
         os.environ[variable] = str(_free_port())
-    ray.init(namespace="serve", include_dashboard=False, _metrics_export_port=_free_port())
+    ray.init(
+        address="local",  # as python -m serve_app serve: never a cluster recorded earlier
+        namespace="serve",
+        include_dashboard=False,
+        _metrics_export_port=_free_port(),
+    )
     try:
         deploy(deploy_config)
         wait_until_running([app.name for app in deploy_config.applications], STARTUP_TIMEOUT_S)
