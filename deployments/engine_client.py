@@ -52,15 +52,13 @@ class EngineClient:
     async def stream(self, request: GenerateRequest) -> AsyncIterator[GenerationChunk]:
         """Yield the request's chunks; leaving early cancels the request in the engine."""
         response = self._stream_handle.generate.remote(request)
-        finished = False
         try:
             with _openai_errors():
                 async for chunk in response:
                     yield chunk
-            finished = True
-        finally:
-            if not finished:
-                response.cancel()
+        except (GeneratorExit, asyncio.CancelledError):  # the consumer left: abort the request
+            response.cancel()
+            raise
 
 
 @contextlib.contextmanager
