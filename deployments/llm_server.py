@@ -26,9 +26,9 @@ from deployments.generation import (
     SamplingSpec,
 )
 from deployments.gpu_stats import read_gpu_memory
-from deployments.stream_pacing import ChunkPacer, PendingChunk
+from deployments.stream_pacing import ChunkPacer, MergeFactors, PendingChunk
 from serve_app.config import AppConfig, LiveSettings
-from serve_app.constants import LLM_SERVER_DEPLOYMENT
+from serve_app.constants import LLM_SERVER_DEPLOYMENT, TOKENS_PER_CHUNK_BUCKETS
 
 _WARMUP_PROMPT = [1, 2, 3, 4]
 
@@ -69,6 +69,14 @@ class LLMServer:
             ("model",),
         )
         self._cancellations.set_default_tags({"model": config.served_name})
+        self._tokens_per_chunk = Histogram(
+            "llm_stream_tokens_per_chunk",
+            "A finished stream's tokens per chunk per choice: from vLLM (stage=engine; over 1 "
+            "when vLLM merged engine steps the replica read late) and as sent (stage=sent).",
+            list(TOKENS_PER_CHUNK_BUCKETS),
+            ("model", "stage"),
+        )
+        self._tokens_per_chunk.set_default_tags({"model": config.served_name})
         # Pacing from the start (the warm-up streams too); Serve calls reconfigure again after.
         self.reconfigure(config.live_settings.model_dump())
         if config.warmup:
@@ -88,6 +96,7 @@ class LLMServer:
         """Stream the request's output: a chunk per engine step, fewer when paced."""
         self._queue_wait.observe(max(0.0, time.time() - request.dispatched_at))
         pending = PendingChunk()
+        factors = MergeFactors()
         try:
             params = vllm_compat.sampling_params(request.sampling)
             stream = self._engine.generate(
@@ -95,16 +104,20 @@ class LLMServer:
             )
             async for output in stream:
                 self._pacer.saw_output()
-                pending.add(vllm_compat.to_chunk(output, request.sampling.logprobs))
+                chunk = vllm_compat.to_chunk(output, request.sampling.logprobs)
+                factors.from_engine(chunk)
+                pending.add(chunk)
                 if pending.ready(self._pacer.tokens_per_chunk):
-                    yield pending.take()
+                    yield factors.sent(pending.take())
         except vllm_compat.REQUEST_ERRORS as exc:  # vLLM refused this request only.
             raise invalid_request(str(exc)) from None
         except (asyncio.CancelledError, GeneratorExit):  # vLLM's generate aborts it on the way
             self._cancellations.inc()
             raise
         if pending.ready(tokens_per_chunk=1):
-            yield pending.take()
+            yield factors.sent(pending.take())
+        for stage, ratio in factors.ratios().items():
+            self._tokens_per_chunk.observe(ratio, tags={"stage": stage})
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply live settings (Serve's `user_config`); streams in flight follow at once."""

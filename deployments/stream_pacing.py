@@ -46,6 +46,38 @@ class ChunkPacer:
             self._window_start, self._outputs = now, 0
 
 
+class MergeFactors:
+    """A stream's tokens per choice delta, as vLLM delivered them and as sent.
+
+    More than one token per delta from vLLM means its per-request output collector merged
+    engine steps that this replica read late; more as sent than from vLLM is pacing's.
+    """
+
+    def __init__(self) -> None:
+        self._tokens = 0
+        self._from_engine = 0
+        self._sent = 0
+
+    def from_engine(self, chunk: GenerationChunk) -> None:
+        self._tokens += sum(d.num_tokens for d in chunk.choices)
+        self._from_engine += _deltas_with_tokens(chunk)
+
+    def sent(self, chunk: GenerationChunk) -> GenerationChunk:
+        """Count the chunk as sent, and return it."""
+        self._sent += _deltas_with_tokens(chunk)
+        return chunk
+
+    def ratios(self) -> dict[str, float]:
+        """Tokens per delta by stage, `engine` and `sent`; none for a stream without tokens."""
+        if not self._tokens:
+            return {}
+        return {"engine": self._tokens / self._from_engine, "sent": self._tokens / self._sent}
+
+
+def _deltas_with_tokens(chunk: GenerationChunk) -> int:
+    return sum(1 for d in chunk.choices if d.num_tokens)
+
+
 class PendingChunk:
     """A stream's output not yet sent, merged choice by choice."""
 

@@ -85,6 +85,10 @@ ENV_FAIL_FAST_ON_MISSING_GPUS: Final = "FAIL_FAST_ON_MISSING_GPUS"
 ENV_PORT: Final = "PORT"
 ENV_API_KEYS: Final = "API_KEYS"
 
+# Buckets of llm_stream_tokens_per_chunk: a stream's tokens per chunk, 1 when every token
+# travels alone.
+TOKENS_PER_CHUNK_BUCKETS: Final = (1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 4.0, 8.0, 16.0, 64.0)
+
 # Histogram buckets (seconds) of the serve-layer latency metrics.
 # fmt: off
 TTFT_BUCKETS_S: Final = (

@@ -7,7 +7,6 @@ the next module finds its GPUs free.
 import asyncio
 import copy
 import os
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +20,7 @@ from ray import serve
 
 from serve_app.constants import DEFAULT_MODEL_ID
 from serve_app.runner import deploy, parse_deploy_config, wait_until_running, with_serve_defaults
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 900
@@ -47,12 +47,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(
                 pytest.mark.skip(reason=f"needs {needed} CUDA GPU(s), found {available}")
             )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

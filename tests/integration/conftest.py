@@ -5,7 +5,6 @@ serve` does, on a free port.
 """
 
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,22 +17,17 @@ from ray.serve.schema import ServeDeploySchema
 
 from serve_app.constants import DEFAULT_MODEL_ID
 from serve_app.runner import deploy, load_deploy_config, wait_until_running, with_serve_defaults
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 600
 HAPROXY_PORT_VARIABLES = ("RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_HAPROXY_STATS_PORT")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def deploy_config() -> ServeDeploySchema:
     """The shipped serve_config.yaml on a free port: what the session deploys."""
-    return load_deploy_config(REPO / "serve_config.yaml", {"PORT": str(_free_port())})
+    return load_deploy_config(REPO / "serve_config.yaml", {"PORT": str(free_port())})
 
 
 @pytest.fixture(scope="session")
@@ -41,12 +35,12 @@ def base_url(deploy_config: ServeDeploySchema) -> Iterator[str]:
     os.environ.update(with_serve_defaults(os.environ))  # as python -m serve_app serve
     # HAProxy's own ports, free ones: a `make serve` on this machine keeps the defaults.
     for variable in HAPROXY_PORT_VARIABLES:
-        os.environ[variable] = str(_free_port())
+        os.environ[variable] = str(free_port())
     ray.init(
         address="local",  # as python -m serve_app serve: never a cluster recorded earlier
         namespace="serve",
         include_dashboard=False,
-        _metrics_export_port=_free_port(),
+        _metrics_export_port=free_port(),
     )
     try:
         deploy(deploy_config)

@@ -7,7 +7,6 @@ its Ray head is in tests/unit/test_entrypoint.py.
 """
 
 import os
-import random
 import shutil
 import signal
 import socket
@@ -27,26 +26,13 @@ import ray.util
 import yaml
 
 from serve_app.constants import DEFAULT_MODEL_ID
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 600  # a bound for a loaded machine; about 2 minutes when idle
 EXIT_TIMEOUT_S = 150
 RAY_GONE_TIMEOUT_S = 30
 DRAINED_STREAM_TOKENS = 256  # several seconds on CPU: the stream is in flight at SIGTERM
-PORT_RANGE = (20000, 32000)  # Linux's ephemeral ports start at 32768
-
-
-def _free_port() -> int:
-    """A free port below the ephemeral range, where the many Ray processes on a busy machine
-    take theirs, so it is still free when the entrypoint binds it."""
-    while True:
-        port = random.randrange(*PORT_RANGE)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("0.0.0.0", port))
-            except OSError:
-                continue
-            return port
 
 
 @dataclass
@@ -129,14 +115,14 @@ def start_entrypoint(tmp_path: Path) -> Iterator[Callable[..., Entrypoint]]:
     ray_temp = tempfile.mkdtemp(prefix="ray-ep-")  # short: Ray's socket paths must be short
 
     def start(**env_overrides: str) -> Entrypoint:
-        metrics_port, http_port, ray_port = _free_port(), _free_port(), _free_port()
+        metrics_port, http_port, ray_port = free_port(), free_port(), free_port()
         config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
         config["applications"][0]["args"]["metrics"]["export_port"] = metrics_port
         config_path = tmp_path / "serve_config.yaml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         ray_start_args = (
-            f"--temp-dir={ray_temp} --dashboard-agent-listen-port={_free_port()} "
-            f"--ray-client-server-port={_free_port()}"
+            f"--temp-dir={ray_temp} --dashboard-agent-listen-port={free_port()} "
+            f"--ray-client-server-port={free_port()}"
         )
         env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
         env |= {
@@ -144,8 +130,8 @@ def start_entrypoint(tmp_path: Path) -> Iterator[Callable[..., Entrypoint]]:
             "RAY_PORT": str(ray_port),
             "RAY_START_ARGS": ray_start_args,
             # The session's app runs HAProxy on this machine too: its fixed ports must differ.
-            "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
-            "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
             "PYTHONUNBUFFERED": "1",
             **env_overrides,
         }

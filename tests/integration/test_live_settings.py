@@ -2,11 +2,13 @@
 
 A config that sets `user_config` on the LLMServer deployment is a lightweight Serve update:
 Serve calls `LLMServer.reconfigure` on the running replica, and new chunks follow the new
-budget. Here the budget drops to 1 chunk/s, so a stream's tokens merge into a few chunks,
-then the shipped config comes back and every token is its own chunk again.
+budget. Here the budget drops to 1 chunk/s, so a stream's tokens merge into a few chunks
+(and `ray_llm_stream_tokens_per_chunk{stage="sent"}` says so), then the shipped config comes
+back and every token is its own chunk again.
 """
 
 import json
+import re
 import time
 from collections.abc import Iterator
 
@@ -19,6 +21,7 @@ from serve_app.runner import deploy
 
 TOKENS = 200
 APPLY_TIMEOUT_S = 90
+EXPORT_WAIT_S = 60
 
 
 def _deploy(shipped: ServeDeploySchema, user_config: dict | None) -> None:
@@ -57,6 +60,19 @@ def _until(http: httpx.Client, model: str, merged: bool) -> tuple[int, int]:
             return events, tokens
 
 
+def _streams_sent_merged_beyond(http: httpx.Client, tokens: float) -> float:
+    """Finished streams whose sent chunks carried more than `tokens` tokens on average, as
+    exported now (all replicas summed)."""
+    buckets: dict[str, float] = {}
+    for line in http.get("/metrics").text.splitlines():
+        if line.startswith("ray_llm_stream_tokens_per_chunk_bucket{") and 'stage="sent"' in line:
+            le = re.search(r'le="([^"]+)"', line).group(1)
+            buckets[le] = buckets.get(le, 0.0) + float(line.rsplit(" ", 1)[1])
+    if not buckets:
+        return 0.0  # not exported yet
+    return buckets["+Inf"] - buckets[str(tokens)]  # a bound missing from the export: KeyError
+
+
 @pytest.fixture
 def slow_pacing(deploy_config: ServeDeploySchema, http: httpx.Client, model: str) -> Iterator[None]:
     _deploy(deploy_config, {"max_chunks_per_second": 1})
@@ -69,6 +85,10 @@ def test_pacing_changes_live(slow_pacing: None, http: httpx.Client, model: str) 
     events, tokens = _until(http, model, merged=True)
     assert tokens == TOKENS
     assert events < TOKENS / 2, f"{events} chunks for {tokens} tokens at 1 chunk/s"
+    deadline = time.monotonic() + EXPORT_WAIT_S
+    while not _streams_sent_merged_beyond(http, 4.0) and time.monotonic() < deadline:
+        time.sleep(2)
+    assert _streams_sent_merged_beyond(http, 4.0) >= 1
 
 
 def test_the_shipped_budget_sends_a_lone_stream_token_by_token(

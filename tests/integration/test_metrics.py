@@ -23,6 +23,7 @@ SERVE_METRICS = [
     "ray_llm_requests_aborted_total",
     "ray_llm_queue_wait_seconds_bucket",
     "ray_llm_engine_cancellations_total",
+    "ray_llm_stream_tokens_per_chunk_bucket",
 ]
 ENGINE_METRICS = [
     "ray_vllm_num_requests_running",
@@ -109,6 +110,14 @@ def test_requests_are_labelled_by_model_route_and_status(exposition: str, model:
         for line in lines
     )
     assert any('status="404"' in line for line in lines)
+
+
+def test_tokens_per_chunk_are_recorded_from_vllm_and_as_sent(scrapes: dict[str, str]) -> None:
+    lines = series(
+        scrapes["ray_llm_stream_tokens_per_chunk_bucket"], "ray_llm_stream_tokens_per_chunk_bucket"
+    )
+    assert any('stage="engine"' in line for line in lines)
+    assert any('stage="sent"' in line for line in lines)
 
 
 def test_errors_are_labelled_by_type(exposition: str) -> None:

@@ -10,7 +10,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ import yaml
 from ray._private import ray_constants
 
 from deployments.protocol import MetricsSummary
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "llm-serving.json"
@@ -73,12 +73,6 @@ class Prometheus:
         return result
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _fast(config: dict) -> dict:
     """A shipped config, scraping every SCRAPE_INTERVAL_S instead of every 10 s."""
     interval = f"{SCRAPE_INTERVAL_S}s"
@@ -99,7 +93,7 @@ def _run_prometheus(binary: str, config: dict, folder: Path) -> Iterator[Prometh
     config_path = folder / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(config))
     log_path = folder / "prometheus.log"
-    port = _free_port()
+    port = free_port()
     with log_path.open("w") as log:
         process = subprocess.Popen(
             [

@@ -1,7 +1,7 @@
 """Chunk pacing: per-token chunks under budget, merged chunks over it, never a lost token."""
 
 from deployments.generation import ChoiceDelta, GenerationChunk, TokenLogprob
-from deployments.stream_pacing import ChunkPacer, PendingChunk
+from deployments.stream_pacing import ChunkPacer, MergeFactors, PendingChunk
 
 
 class FakeClock:
@@ -83,3 +83,29 @@ def test_choices_of_several_completions_merge_separately() -> None:
         pending.add(chunk(text.upper(), index=1))
     merged = {d.index: d.text for d in pending.take().choices}
     assert merged == {0: "ab", 1: "AB"}
+
+
+def test_merge_factors_tell_vllm_merging_from_pacing() -> None:
+    factors = MergeFactors()
+    two_tokens = GenerationChunk(
+        choices=[ChoiceDelta(index=0, text="ab", num_tokens=2, logprobs=None)]
+    )
+    factors.from_engine(two_tokens)  # vLLM merged two steps
+    factors.from_engine(chunk("c"))
+    factors.from_engine(chunk("d", finish="length"))
+    pending = PendingChunk()
+    pending.add(two_tokens)
+    factors.sent(pending.take())
+    pending.add(chunk("c"))
+    pending.add(chunk("d", finish="length"))  # paced: two outputs, one chunk
+    factors.sent(pending.take())
+    assert factors.ratios() == {"engine": 4 / 3, "sent": 2.0}
+
+
+def test_merge_factors_count_each_choice_and_skip_empty_streams() -> None:
+    assert MergeFactors().ratios() == {}
+    factors = MergeFactors()
+    both = GenerationChunk(choices=[*chunk("a").choices, *chunk("b", index=1).choices])
+    factors.from_engine(both)
+    factors.sent(both)
+    assert factors.ratios() == {"engine": 1.0, "sent": 1.0}  # two choices, a token each
