@@ -128,10 +128,11 @@ def run(path: Path) -> int:
 def drain_and_shutdown(names: list[str]) -> None:
     """Delete the applications, then stop Serve.
 
-    Deleting an application stops its ingress replicas first: each stops accepting and finishes
-    its in-flight requests (up to its `graceful_shutdown_timeout_s`) while HAProxy still relays
-    them and the LLM replicas still serve them. `serve.shutdown()` alone kills HAProxy at once
-    and cuts every open stream. A second signal during the drain stops Serve without waiting.
+    Deleting an application stops its replicas gracefully: each stops taking requests and
+    finishes those in flight (up to its `graceful_shutdown_timeout_s`; an LLM replica's include
+    the ingress's open streams) while HAProxy still relays them. `serve.shutdown()` alone kills
+    HAProxy at once and cuts every open stream. A second signal during the drain stops Serve
+    without waiting.
     """
     try:
         for name in names:
