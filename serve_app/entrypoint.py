@@ -14,7 +14,8 @@ It owns the container's lifecycle, in this order:
    exits 1 with Serve's message) or is not healthy within STARTUP_TIMEOUT_S.
 4. On SIGTERM/SIGINT drain: stop the serve runner (it deletes the app, whose replicas finish
    their in-flight requests within graceful_shutdown_timeout_s, then stops Serve), then the
-   Ray head, and exit 0.
+   Ray head, remove the address record `ray start` left for later `ray.init()` calls, and
+   exit 0.
 
 The Ray head runs under `ray start --block` as a child: SIGTERM to that child stops exactly
 the Ray processes it started. `ray stop` is never used: it kills every Ray process of the user,
@@ -28,6 +29,7 @@ RAY_START_ARGS (extra `ray start` arguments, appended last so they win).
 """
 
 import argparse
+import contextlib
 import logging
 import math
 import os
@@ -47,6 +49,7 @@ from typing import IO
 import ray.util
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt
+from ray._common import utils as ray_utils  # where `ray start` records its address
 
 from serve_app.constants import HEALTH_ROUTE
 from serve_app.runner import load_deploy_config, metrics_export_port, with_serve_defaults
@@ -153,6 +156,28 @@ def ray_start_command(
         *dashboard,
         *shlex.split(settings.ray_start_args),
     ]
+
+
+def ray_address_file(ray_start_args: str) -> Path:
+    """Where `ray start` records its address for later `ray.init()` calls (the
+    `ray_current_cluster` file): in the `--temp-dir` of RAY_START_ARGS, else in Ray's default
+    temp dir (RAY_TMPDIR, TMPDIR or /tmp, then `ray`)."""
+    args = shlex.split(ray_start_args)
+    temp_dir = None
+    for i, arg in enumerate(args):
+        if arg.startswith("--temp-dir="):
+            temp_dir = arg.removeprefix("--temp-dir=")
+        elif arg == "--temp-dir" and i + 1 < len(args):
+            temp_dir = args[i + 1]
+    return Path(ray_utils.get_ray_address_file(temp_dir))
+
+
+def forget_ray_address(address_file: Path, address: str) -> None:
+    """Remove the record of our stopped head, as `ray stop` would: a later plain `ray.init()`
+    on this machine would try to join it and fail. Another cluster's record stays."""
+    with contextlib.suppress(OSError):  # no record, or one we may not remove
+        if address_file.read_text().strip() == address:
+            address_file.unlink()
 
 
 def ray_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -329,6 +354,9 @@ def run(config_path: Path, env: Mapping[str, str], stop: threading.Event) -> int
     finally:
         if not head.stop(settings.shutdown_timeout_s):
             exit_code = exit_code or 1
+        forget_ray_address(
+            ray_address_file(settings.ray_start_args), f"{node_ip}:{settings.ray_port}"
+        )
     return exit_code
 
 

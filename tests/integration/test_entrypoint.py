@@ -163,6 +163,8 @@ def start_entrypoint(tmp_path: Path) -> Iterator[Callable[..., Entrypoint]]:
 def test_entrypoint_serves_the_model_and_drains_on_sigterm(start_entrypoint) -> None:
     entrypoint = start_entrypoint(API_KEYS="first-key,second-key")
     entrypoint.wait_healthy()
+    address_record = Path(entrypoint.ray_temp) / "ray_current_cluster"  # what `ray start` wrote
+    assert address_record.read_text() == f"{_node_ip()}:{entrypoint.ray_port}"
     # /health needs no key: load balancers probe it.
     assert httpx.get(f"{entrypoint.base_url}/health", timeout=10).status_code == 200
 
@@ -211,6 +213,7 @@ def test_entrypoint_serves_the_model_and_drains_on_sigterm(start_entrypoint) -> 
     assert names == []
     assert _wait_gone_by_name(entrypoint) == []
     assert not _accepts_connections(entrypoint.ray_port)
+    assert not address_record.exists()  # a later plain ray.init() must not try the dead head
     assert "Stopping the Serve app" in entrypoint.output()
     assert "Stopping the Ray head" in entrypoint.output()
 

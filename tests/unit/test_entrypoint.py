@@ -1,4 +1,5 @@
-"""How the one-container entrypoint sizes and configures its Ray head (nothing is started)."""
+"""How the one-container entrypoint sizes and configures its Ray head, and what it cleans up
+after it (nothing is started)."""
 
 import os
 from pathlib import Path
@@ -8,6 +9,8 @@ import pytest
 from serve_app.entrypoint import (
     EntrypointSettings,
     container_cpus,
+    forget_ray_address,
+    ray_address_file,
     ray_env,
     ray_start_command,
     visible_gpus,
@@ -84,3 +87,25 @@ def test_the_environment_can_turn_haproxy_off_and_set_a_drain_wait() -> None:
     assert ray_env({"RAY_SERVE_ENABLE_HA_PROXY": "0"})["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
     wait = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "10"}
     assert ray_env(wait).items() >= wait.items()
+
+
+@pytest.mark.parametrize("args", ["--temp-dir=/tmp/ray-x", "--port=1 --temp-dir /tmp/ray-x"])
+def test_the_address_record_is_in_the_temp_dir_ray_start_was_given(args: str) -> None:
+    assert ray_address_file(args) == Path("/tmp/ray-x/ray_current_cluster")
+
+
+def test_without_a_temp_dir_the_address_record_is_in_rays_default(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    assert ray_address_file("--port=1") == tmp_path / "ray" / "ray_current_cluster"
+
+
+def test_only_our_heads_address_record_is_removed(tmp_path: Path) -> None:
+    record = tmp_path / "ray_current_cluster"
+    record.write_text("10.0.0.1:6379")
+    forget_ray_address(record, "10.0.0.2:6379")  # another cluster's: kept
+    assert record.exists()
+    forget_ray_address(record, "10.0.0.1:6379")
+    assert not record.exists()
+    forget_ray_address(record, "10.0.0.1:6379")  # already gone: nothing to do
