@@ -162,14 +162,10 @@ def ray_address_file(ray_start_args: str) -> Path:
     """Where `ray start` records its address for later `ray.init()` calls (the
     `ray_current_cluster` file): in the `--temp-dir` of RAY_START_ARGS, else in Ray's default
     temp dir (RAY_TMPDIR, TMPDIR or /tmp, then `ray`)."""
-    args = shlex.split(ray_start_args)
-    temp_dir = None
-    for i, arg in enumerate(args):
-        if arg.startswith("--temp-dir="):
-            temp_dir = arg.removeprefix("--temp-dir=")
-        elif arg == "--temp-dir" and i + 1 < len(args):
-            temp_dir = args[i + 1]
-    return Path(ray_utils.get_ray_address_file(temp_dir))
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--temp-dir")
+    known, _ = parser.parse_known_args(shlex.split(ray_start_args))
+    return Path(ray_utils.get_ray_address_file(known.temp_dir))
 
 
 def forget_ray_address(address_file: Path, address: str) -> None:
@@ -182,7 +178,7 @@ def forget_ray_address(address_file: Path, address: str) -> None:
 
 def ray_env(env: Mapping[str, str]) -> dict[str, str]:
     """The children's environment: ours, token authentication on unless RAY_AUTH_MODE says
-    otherwise, Serve's defaults (SERVE_ENV_DEFAULTS) where unset, and no inherited
+    otherwise, Serve's one-host defaults (`with_serve_defaults`) where unset, and no inherited
     RAY_ADDRESS (the head is ours)."""
     ours = {k: v for k, v in env.items() if k != "RAY_ADDRESS"}
     return with_serve_defaults({"RAY_AUTH_MODE": "token"} | ours)
