@@ -7,6 +7,7 @@ serve` does, on a free port.
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -15,7 +16,7 @@ import ray
 from ray import serve
 from ray.serve.schema import ServeDeploySchema
 
-from serve_app.constants import DEFAULT_MODEL_ID
+from serve_app.constants import DEFAULT_MODEL_ID, LLM_SERVER_DEPLOYMENT
 from serve_app.runner import deploy, load_deploy_config, wait_until_running, with_serve_defaults
 from tests.ports import free_port
 
@@ -65,3 +66,13 @@ def client(base_url: str) -> openai.OpenAI:
 def http(base_url: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=base_url, timeout=120) as client:
         yield client
+
+
+def redeploy_llm_server(shipped: ServeDeploySchema, **options: Any) -> None:
+    """Deploy the session's config with `options` set on its LLMServer deployment (none: the
+    shipped config again), as a user would with `serve deploy` on a running app."""
+    config = shipped.model_copy(deep=True)
+    (llm,) = [d for d in config.applications[0].deployments if d.name == LLM_SERVER_DEPLOYMENT]
+    for name, value in options.items():
+        setattr(llm, name, value)
+    deploy(config)

@@ -16,20 +16,11 @@ import httpx
 import pytest
 from ray.serve.schema import ServeDeploySchema
 
-from serve_app.constants import LLM_SERVER_DEPLOYMENT
-from serve_app.runner import deploy
+from tests.integration.conftest import redeploy_llm_server
 
 TOKENS = 200
 APPLY_TIMEOUT_S = 90
 EXPORT_WAIT_S = 60
-
-
-def _deploy(shipped: ServeDeploySchema, user_config: dict | None) -> None:
-    config = shipped.model_copy(deep=True)
-    if user_config is not None:
-        (llm,) = [d for d in config.applications[0].deployments if d.name == LLM_SERVER_DEPLOYMENT]
-        llm.user_config = user_config
-    deploy(config)
 
 
 def _chunks(http: httpx.Client, model: str) -> tuple[int, int]:
@@ -75,9 +66,9 @@ def _streams_sent_merged_beyond(http: httpx.Client, tokens: float) -> float:
 
 @pytest.fixture
 def slow_pacing(deploy_config: ServeDeploySchema, http: httpx.Client, model: str) -> Iterator[None]:
-    _deploy(deploy_config, {"max_chunks_per_second": 1})
+    redeploy_llm_server(deploy_config, user_config={"max_chunks_per_second": 1})
     yield
-    _deploy(deploy_config, None)  # the shipped config again: the builder's user_config
+    redeploy_llm_server(deploy_config)  # the shipped config again: the builder's user_config
     _until(http, model, merged=False)
 
 

@@ -15,20 +15,11 @@ import httpx
 import pytest
 from ray.serve.schema import ServeDeploySchema
 
-from serve_app.constants import LLM_SERVER_DEPLOYMENT
-from serve_app.runner import deploy
+from tests.integration.conftest import redeploy_llm_server
 
 CONCURRENT = 8
 TOKENS = 48
 APPLY_TIMEOUT_S = 120
-
-
-def _deploy(shipped: ServeDeploySchema, ongoing: int | None, queued: int | None) -> None:
-    config = shipped.model_copy(deep=True)
-    if ongoing is not None:
-        (llm,) = [d for d in config.applications[0].deployments if d.name == LLM_SERVER_DEPLOYMENT]
-        llm.max_ongoing_requests, llm.max_queued_requests = ongoing, queued
-    deploy(config)
 
 
 async def _burst(base_url: str, model: str) -> list[tuple[float, httpx.Response]]:
@@ -73,9 +64,9 @@ def _until(base_url: str, model: str, refusing: bool) -> list[tuple[float, httpx
 def one_slot_one_queued(
     deploy_config: ServeDeploySchema, base_url: str, model: str
 ) -> Iterator[None]:
-    _deploy(deploy_config, ongoing=1, queued=1)
+    redeploy_llm_server(deploy_config, max_ongoing_requests=1, max_queued_requests=1)
     yield
-    _deploy(deploy_config, ongoing=None, queued=None)
+    redeploy_llm_server(deploy_config)
     _until(base_url, model, refusing=False)
 
 
