@@ -74,6 +74,15 @@ def test_shipped_serve_config_declares_llm_server_autoscaling() -> None:
     assert deploy.http_options.port == 8000
 
 
+def test_shipped_serve_config_bounds_the_llm_server_queue_below_the_ingress_limit() -> None:
+    app = load_deploy_config(REPO / "serve_config.yaml", {}).applications[0]
+    deployments = {d.name: d for d in app.deployments}
+    llm, ingress = deployments["LLMServer"], deployments["OpenAIIngress"]
+    assert llm.max_queued_requests > 0  # -1 would queue without bound
+    # A full queue answers with our OpenAI 503 before Serve's own limit on the ingress does.
+    assert llm.max_queued_requests + llm.max_ongoing_requests < ingress.max_ongoing_requests
+
+
 def test_port_env_overrides_http_port() -> None:
     deploy = load_deploy_config(REPO / "serve_config.yaml", {"PORT": "9123"})
     assert deploy.http_options.port == 9123
