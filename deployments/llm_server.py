@@ -4,31 +4,34 @@ Nothing HTTP-shaped enters here: the ingress sends a tokenized `GenerateRequest`
 `GenerationChunk`s. A consumer that goes away cancels the generator, which aborts the
 request in the engine (counted in `llm_engine_cancellations`); Serve's health check calls
 the engine's, so a dead engine gets its replica replaced.
+
+The engine comes from `engine_factory` (vLLM's `AsyncLLM` by default), the seam where unit
+tests plug in a fake engine that yields real `RequestOutput`s.
 """
 
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Any
 
 import ray
 from ray import serve
-from ray.serve.metrics import Counter, Histogram
 
-from deployments import vllm_compat
-from deployments.engine_args import build_engine_kwargs, set_cpu_kvcache_space
-from deployments.errors import invalid_request
-from deployments.generation import (
+from serve_app.core.config import Accelerator, AppConfig, LiveSettings
+from serve_app.core.constants import LLM_SERVER_DEPLOYMENT
+from serve_app.core.errors import invalid_request
+from serve_app.core.payloads import (
     EngineStats,
     GenerateRequest,
     GenerationChunk,
     ModelInfo,
     SamplingSpec,
 )
-from deployments.gpu_stats import read_gpu_memory
-from deployments.stream_pacing import ChunkPacer, MergeFactors, PendingChunk
-from serve_app.config import AppConfig, LiveSettings
-from serve_app.constants import LLM_SERVER_DEPLOYMENT, TOKENS_PER_CHUNK_BUCKETS
+from serve_app.engine import vllm_compat
+from serve_app.engine.engine_args import build_engine_kwargs, set_cpu_kvcache_space
+from serve_app.engine.pacing import ChunkPacer, MergeFactors, PendingChunk
+from serve_app.observability.gpu_stats import read_gpu_memory
+from serve_app.observability.metrics import LLMServerMetrics
 
 _WARMUP_PROMPT = [1, 2, 3, 4]
 
@@ -37,7 +40,12 @@ _WARMUP_PROMPT = [1, 2, 3, 4]
 class LLMServer:
     """Wraps one vLLM AsyncLLM (on a GPU, a tensor-parallel placement group, or the CPU)."""
 
-    async def __init__(self, config: AppConfig, accelerator: Literal["cpu", "gpu"]) -> None:
+    async def __init__(
+        self,
+        config: AppConfig,
+        accelerator: Accelerator,
+        engine_factory: vllm_compat.EngineFactory = vllm_compat.create_engine,
+    ) -> None:
         self._config = config
         self._accelerator = accelerator
         if accelerator == "cpu":
@@ -45,7 +53,7 @@ class LLMServer:
         placement_group = (
             ray.util.get_current_placement_group() if config.tensor_parallel_size > 1 else None
         )
-        self._engine = vllm_compat.create_engine(
+        self._engine = engine_factory(
             build_engine_kwargs(config, accelerator),
             placement_group=placement_group,
             metrics="ray" if config.metrics.engine_metrics else "off",
@@ -56,27 +64,7 @@ class LLMServer:
             accelerator=accelerator,
             max_logprobs=vllm_compat.max_logprobs(self._engine),
         )
-        self._queue_wait = Histogram(
-            "llm_queue_wait_seconds",
-            "From the ingress dispatching a request to its engine replica starting it.",
-            config.metrics.queue_buckets_s,
-            ("model",),
-        )
-        self._queue_wait.set_default_tags({"model": config.served_name})
-        self._cancellations = Counter(
-            "llm_engine_cancellations",
-            "Requests cancelled in the engine because their consumer left before the end.",
-            ("model",),
-        )
-        self._cancellations.set_default_tags({"model": config.served_name})
-        self._tokens_per_chunk = Histogram(
-            "llm_stream_tokens_per_chunk",
-            "A finished stream's tokens per chunk per choice: from vLLM (stage=engine; over 1 "
-            "when vLLM merged engine steps the replica read late) and as sent (stage=sent).",
-            list(TOKENS_PER_CHUNK_BUCKETS),
-            ("model", "stage"),
-        )
-        self._tokens_per_chunk.set_default_tags({"model": config.served_name})
+        self._metrics = LLMServerMetrics(config.served_name, config.metrics)
         # Pacing from the start (the warm-up streams too); Serve calls reconfigure again after.
         self.reconfigure(config.live_settings.model_dump())
         if config.warmup:
@@ -94,7 +82,7 @@ class LLMServer:
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerationChunk]:
         """Stream the request's output: a chunk per engine step, fewer when paced."""
-        self._queue_wait.observe(max(0.0, time.time() - request.dispatched_at))
+        self._metrics.queue_wait.observe(max(0.0, time.time() - request.dispatched_at))
         pending = PendingChunk()
         factors = MergeFactors()
         try:
@@ -112,12 +100,11 @@ class LLMServer:
         except vllm_compat.REQUEST_ERRORS as exc:  # vLLM refused this request only.
             raise invalid_request(str(exc)) from None
         except (asyncio.CancelledError, GeneratorExit):  # vLLM's generate aborts it on the way
-            self._cancellations.inc()
+            self._metrics.cancellations.inc()
             raise
         if pending.ready(tokens_per_chunk=1):
             yield factors.sent(pending.take())
-        for stage, ratio in factors.ratios().items():
-            self._tokens_per_chunk.observe(ratio, tags={"stage": stage})
+        self._metrics.stream_finished(factors.ratios())
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply live settings (Serve's `user_config`); streams in flight follow at once."""

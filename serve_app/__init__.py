@@ -1,1 +1,3 @@
-"""vLLM behind Ray Serve, speaking the OpenAI API: configuration, app builder and CLI."""
+"""The service package: `core` (base layer), `observability`, `engine` (vLLM side), `api`
+(OpenAI side) and `runtime` (CLI, runner, entrypoint). `deployments` binds them into Ray Serve
+deployments; docs/architecture.md draws the layers."""

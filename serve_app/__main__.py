@@ -18,11 +18,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
     if args.command == "prepare-model":
-        from serve_app.default_model import prepare_default_model
+        from serve_app.core.default_model import prepare_default_model
 
         print(prepare_default_model())
         return 0
-    from serve_app.runner import run
+    from serve_app.runtime.runner import run
 
     return run(args.config)
 

@@ -5,7 +5,6 @@ the next module finds its GPUs free.
 """
 
 import asyncio
-import copy
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,11 +14,11 @@ from typing import Any
 import openai
 import pytest
 import ray
-import yaml
 from ray import serve
 
-from serve_app.constants import DEFAULT_MODEL_ID
-from serve_app.runner import deploy, parse_deploy_config, wait_until_running, with_serve_defaults
+from serve_app.core.constants import DEFAULT_MODEL_ID, LLM_SERVER_DEPLOYMENT
+from serve_app.runtime.runner import deploy, wait_until_running, with_serve_defaults
+from serve_app.runtime.serve_config import derive, load_deploy_config
 from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,23 +64,19 @@ def ray_cluster() -> Iterator[None]:
 @contextmanager
 def deployed(args: dict[str, Any], llm_server: dict[str, Any] | None = None) -> Iterator[str]:
     """Deploy serve_config.yaml with `args` and LLMServer options overridden; yield its URL."""
-    raw = copy.deepcopy(yaml.safe_load((REPO / "serve_config.yaml").read_text()))
-    app = raw["applications"][0]
-    app["args"].update(args)
-    if llm_server:
-        next(d for d in app["deployments"] if d["name"] == "LLMServer").update(llm_server)
     port = free_port()
-    config = parse_deploy_config(raw, {"PORT": str(port)})
+    shipped = load_deploy_config(REPO / "serve_config.yaml", {"PORT": str(port)})
+    config = derive(shipped, args, {LLM_SERVER_DEPLOYMENT: llm_server or {}})
     try:
         deploy(config)
-        wait_until_running([app["name"]], STARTUP_TIMEOUT_S)
+        wait_until_running([config.applications[0].name], STARTUP_TIMEOUT_S)
         yield f"http://127.0.0.1:{port}"
     finally:
         serve.shutdown()
 
 
 def dummy_8b(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from benchmarks.dummy_model import build_dummy_model
+    from benchmarks.lib.dummy_model import build_dummy_model
 
     return str(build_dummy_model(tmp_path_factory.mktemp("llama3-8b-shape")))
 

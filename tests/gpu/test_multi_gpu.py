@@ -9,8 +9,8 @@ import openai
 import pytest
 import ray
 
-from deployments.gpu_stats import read_gpu_memory
-from serve_app.runner import DeployFailedError
+from serve_app.observability.gpu_stats import read_gpu_memory
+from serve_app.runtime.runner import DeployFailedError
 from tests.gpu.conftest import ask_concurrently, deployed, dummy_8b, gpu_count
 
 

@@ -6,7 +6,7 @@ import httpx
 import openai
 import pytest
 
-from serve_app.constants import DEFAULT_MODEL_ID
+from serve_app.core.constants import DEFAULT_MODEL_ID
 from tests.gpu.conftest import QUESTION, ask_concurrently, deployed
 
 GPU_ARGS = {"accelerator": "gpu", "engine_kwargs": {"gpu_memory_utilization": 0.3}}

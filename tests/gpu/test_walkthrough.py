@@ -13,7 +13,14 @@ TIMEOUT_S = 900
 def test_walkthrough_measures_the_gpu_engine(tmp_path: Path) -> None:
     report_path = tmp_path / "walkthrough.json"
     completed = subprocess.run(
-        [sys.executable, "-m", "serve_app.walkthrough", "--quick", "--json", str(report_path)],
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.demos.walkthrough",
+            "--quick",
+            "--json",
+            str(report_path),
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -16,8 +16,9 @@ import ray
 from ray import serve
 from ray.serve.schema import ServeDeploySchema
 
-from serve_app.constants import DEFAULT_MODEL_ID, LLM_SERVER_DEPLOYMENT
-from serve_app.runner import deploy, load_deploy_config, wait_until_running, with_serve_defaults
+from serve_app.core.constants import DEFAULT_MODEL_ID, LLM_SERVER_DEPLOYMENT
+from serve_app.runtime.runner import deploy, wait_until_running, with_serve_defaults
+from serve_app.runtime.serve_config import derive, load_deploy_config
 from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -71,8 +72,4 @@ def http(base_url: str) -> Iterator[httpx.Client]:
 def redeploy_llm_server(shipped: ServeDeploySchema, **options: Any) -> None:
     """Deploy the session's config with `options` set on its LLMServer deployment (none: the
     shipped config again), as a user would with `serve deploy` on a running app."""
-    config = shipped.model_copy(deep=True)
-    (llm,) = [d for d in config.applications[0].deployments if d.name == LLM_SERVER_DEPLOYMENT]
-    for name, value in options.items():
-        setattr(llm, name, value)
-    deploy(config)
+    deploy(derive(shipped, deployments={LLM_SERVER_DEPLOYMENT: options}))

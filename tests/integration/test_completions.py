@@ -3,7 +3,7 @@
 import openai
 from transformers import AutoTokenizer
 
-from serve_app.default_model import prepare_default_model
+from serve_app.core.default_model import prepare_default_model
 
 PROMPT = "The capital of France is"
 

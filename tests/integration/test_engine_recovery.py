@@ -2,12 +2,12 @@
 says 503 while no replica runs, and Serve brings a new replica up that answers again."""
 
 import json
-import time
 
 import httpx
 import ray
 
-from serve_app.constants import LLM_SERVER_DEPLOYMENT
+from serve_app.core.constants import LLM_SERVER_DEPLOYMENT
+from serve_app.runtime.readiness import wait_healthy
 
 RECOVERY_TIMEOUT_S = 600
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -25,13 +25,9 @@ def kill_llm_replicas() -> int:
 
 
 def wait_for_health(http: httpx.Client, status: int, timeout_s: float) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        response = http.get("/health")
-        if response.status_code == status:
-            return response.json()
-        assert time.monotonic() < deadline, f"/health never answered {status}"
-        time.sleep(1)
+    """/health's body once it answers `status`."""
+    wait_healthy(str(http.base_url.join("/health")), timeout_s, status=status)
+    return http.get("/health").json()
 
 
 def test_engine_death_fails_streams_cleanly_and_recovers(http: httpx.Client, model: str) -> None:

@@ -1,4 +1,4 @@
-"""The one-container entrypoint, run as the images run it: `python -m serve_app.entrypoint`.
+"""The one-container entrypoint, run as the images run it: `python -m serve_app.runtime.entrypoint`.
 
 The tests start the entrypoint as a subprocess with a Ray head of its own (free ports, its
 own temp dir), independent of the session's `base_url` deployment, and check how it ends.
@@ -25,7 +25,7 @@ import pytest
 import ray.util
 import yaml
 
-from serve_app.constants import DEFAULT_MODEL_ID
+from serve_app.core.constants import DEFAULT_MODEL_ID
 from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -138,7 +138,7 @@ def start_entrypoint(tmp_path: Path) -> Iterator[Callable[..., Entrypoint]]:
         log = tmp_path / "entrypoint.log"
         with log.open("wb") as sink:
             process = subprocess.Popen(
-                [sys.executable, "-m", "serve_app.entrypoint", str(config_path)],
+                [sys.executable, "-m", "serve_app.runtime.entrypoint", str(config_path)],
                 cwd=REPO,
                 env=env,
                 stdout=sink,

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks import concurrent_client
-from serve_app.default_model import prepare_default_model
+from benchmarks.serving import concurrent_client
+from serve_app.core.default_model import prepare_default_model
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT_S = 900
@@ -49,7 +49,9 @@ def _default_model_kv_bytes_per_token() -> int:
 
 
 def test_walkthrough_runs_the_ten_steps_and_measures_the_optimisations(tmp_path: Path) -> None:
-    out = _run("serve_app.walkthrough", "--quick", "--json", str(tmp_path / "walkthrough.json"))
+    out = _run(
+        "benchmarks.demos.walkthrough", "--quick", "--json", str(tmp_path / "walkthrough.json")
+    )
     report = _load(tmp_path / "walkthrough.json")
 
     assert [step["number"] for step in report["steps"]] == list(range(1, 11))
@@ -96,7 +98,7 @@ def test_walkthrough_runs_the_ten_steps_and_measures_the_optimisations(tmp_path:
 
 
 def test_continuous_batching_beats_static_batching_on_mixed_lengths(tmp_path: Path) -> None:
-    _run("benchmarks.continuous_batching", "--quick", "--out", str(tmp_path))
+    _run("benchmarks.demos.continuous_batching", "--quick", "--out", str(tmp_path))
     result = _load(tmp_path / "continuous_batching.json")
     _assert_png(tmp_path / "continuous_batching.png")
 
@@ -131,7 +133,7 @@ def test_continuous_batching_beats_static_batching_on_mixed_lengths(tmp_path: Pa
 
 
 def test_paged_kv_cache_wastes_less_than_contiguous_preallocation(tmp_path: Path) -> None:
-    _run("benchmarks.paged_attention", "--quick", "--out", str(tmp_path))
+    _run("benchmarks.demos.paged_attention", "--quick", "--out", str(tmp_path))
     result = _load(tmp_path / "paged_attention.json")
     _assert_png(tmp_path / "paged_attention.png")
 
@@ -154,7 +156,7 @@ def test_paged_kv_cache_wastes_less_than_contiguous_preallocation(tmp_path: Path
 
 
 def test_prefix_cache_cuts_time_to_first_token_of_a_shared_context(tmp_path: Path) -> None:
-    _run("benchmarks.prefix_caching", "--quick", "--out", str(tmp_path))
+    _run("benchmarks.demos.prefix_caching", "--quick", "--out", str(tmp_path))
     result = _load(tmp_path / "prefix_caching.json")
     _assert_png(tmp_path / "prefix_caching.png")
 

@@ -24,7 +24,7 @@ import ray
 import yaml
 from ray._private import ray_constants
 
-from deployments.protocol import MetricsSummary
+from serve_app.api.protocol import MetricsSummary
 from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]

@@ -4,7 +4,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from deployments.auth import APIKeyMiddleware, keys_from_env
+from serve_app.api.middleware.auth import APIKeyMiddleware, keys_from_env
 
 
 def client(keys: list[str]) -> TestClient:

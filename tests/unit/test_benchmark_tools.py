@@ -9,16 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import ingress_sweep, process_cpu, profiling
-from benchmarks.serving import (
+from benchmarks.lib import process_cpu, profiling
+from benchmarks.lib.serving_stacks import (
     EngineSetup,
     OurAppOptions,
-    deployment,
     our_config,
     workload_from_args,
 )
-from serve_app.config import LiveSettings
-from serve_app.constants import LLM_SERVER_DEPLOYMENT
+from benchmarks.serving import ingress_sweep
+from serve_app.core.config import LiveSettings
+from serve_app.core.constants import LLM_SERVER_DEPLOYMENT
+from serve_app.runtime.serve_config import deployment_section, to_dict
 
 
 def test_a_variant_is_ingress_replicas_an_environment_preset_and_pacing() -> None:
@@ -40,7 +41,7 @@ def test_a_variant_sets_the_llm_servers_user_config_only_when_it_names_pacing() 
 
     def llm_server(spec: str) -> dict:
         config = our_config(setup, ingress_sweep.Variant.parse(spec).options(base))
-        return deployment(config, LLM_SERVER_DEPLOYMENT)
+        return deployment_section(to_dict(config), LLM_SERVER_DEPLOYMENT)
 
     assert "user_config" not in llm_server("2")
     assert llm_server("2@none")["user_config"] == {"max_chunks_per_second": None}

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
-from deployments.body_limit import BodyLimitMiddleware
+from serve_app.api.middleware.body_limit import BodyLimitMiddleware
 
 LIMIT = 1000
 

@@ -6,9 +6,9 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from serve_app.config import AppConfig
-from serve_app.constants import DEFAULT_MAX_CHUNKS_PER_SECOND, DEFAULT_MODEL_ID
-from serve_app.runner import load_deploy_config
+from serve_app.core.config import AppConfig
+from serve_app.core.constants import DEFAULT_MAX_CHUNKS_PER_SECOND, DEFAULT_MODEL_ID
+from serve_app.runtime.serve_config import load_deploy_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -67,7 +67,7 @@ def test_shipped_serve_config_args_are_valid() -> None:
 def test_shipped_serve_config_declares_llm_server_autoscaling() -> None:
     deploy = load_deploy_config(REPO / "serve_config.yaml", {})
     app = deploy.applications[0]
-    assert app.import_path == "serve_app.app:build_app"
+    assert app.import_path == "deployments.app:build_app"
     llm = next(d for d in app.deployments if d.name == "LLMServer")
     assert llm.autoscaling_config["min_replicas"] >= 1
     assert "target_ongoing_requests" in llm.autoscaling_config

@@ -48,12 +48,16 @@ def dashboard_metrics() -> set[str]:
     return names
 
 
-def defined_serve_metrics() -> set[str]:
-    """The Prometheus names of the `ray.serve.metrics` the code creates (Ray adds `ray_`,
-    counters also `_total`)."""
+METRICS_MODULE = REPO / "serve_app" / "observability" / "metrics.py"
+
+
+def serve_metric_definitions() -> dict[str, Path]:
+    """The Prometheus name of every `ray.serve.metrics` metric the service creates (Ray adds
+    `ray_`, counters also `_total`), and the module that creates it."""
     kinds = {"Counter", "Gauge", "Histogram"}
-    names = set()
-    for source in (REPO / "deployments").glob("*.py"):
+    found = {}
+    sources = [*(REPO / "serve_app").rglob("*.py"), *(REPO / "deployments").rglob("*.py")]
+    for source in sources:
         for node in ast.walk(ast.parse(source.read_text())):
             if (
                 isinstance(node, ast.Call)
@@ -63,8 +67,18 @@ def defined_serve_metrics() -> set[str]:
                 and isinstance(node.args[0], ast.Constant)
             ):
                 suffix = "_total" if node.func.id == "Counter" else ""
-                names.add(f"ray_{node.args[0].value}{suffix}")
-    return names
+                found[f"ray_{node.args[0].value}{suffix}"] = source
+    return found
+
+
+def defined_serve_metrics() -> set[str]:
+    return set(serve_metric_definitions())
+
+
+def test_every_metric_is_defined_in_the_metrics_module() -> None:
+    places = serve_metric_definitions()
+    assert "ray_llm_engine_cancellations_total" in places
+    assert {name: path for name, path in places.items() if path != METRICS_MODULE} == {}
 
 
 def test_dashboard_has_a_fixed_uid_and_its_template_variables() -> None:

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from serve_app import default_model
-from serve_app.constants import DEFAULT_MODEL_ID
+from serve_app.core import default_model
+from serve_app.core.constants import DEFAULT_MODEL_ID
 
 
 def fake_convert(calls: list[Path]):

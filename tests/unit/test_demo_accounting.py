@@ -2,10 +2,10 @@
 
 import pytest
 
-from benchmarks.continuous_batching import Workload, summarise_run
-from benchmarks.engine_lab import Completion, KVCacheLayout
-from benchmarks.paged_attention import account, replay
-from benchmarks.prefix_caching import shared_prefix_length
+from benchmarks.demos.continuous_batching import Workload, summarise_run
+from benchmarks.demos.paged_attention import account, replay
+from benchmarks.demos.prefix_caching import shared_prefix_length
+from benchmarks.lib.engine_lab import KVCacheLayout, LabRun
 
 LAYOUT = KVCacheLayout(
     block_size=16,
@@ -21,8 +21,8 @@ LAYOUT = KVCacheLayout(
 
 def completion(
     prompt: int, token_times: list[float], submitted: float = 0.0, finished: float | None = None
-) -> Completion:
-    return Completion(
+) -> LabRun:
+    return LabRun(
         prompt_tokens=prompt,
         output_tokens=len(token_times),
         cached_prompt_tokens=0,

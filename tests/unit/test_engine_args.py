@@ -1,7 +1,7 @@
 """vLLM engine arguments derived from the app config."""
 
-from deployments.engine_args import build_engine_kwargs, set_cpu_kvcache_space
-from serve_app.config import AppConfig
+from serve_app.core.config import AppConfig
+from serve_app.engine.engine_args import build_engine_kwargs, set_cpu_kvcache_space
 
 
 def config(**kwargs: object) -> AppConfig:

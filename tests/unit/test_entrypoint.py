@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from serve_app.entrypoint import (
+from serve_app.runtime.entrypoint import (
     EntrypointSettings,
     container_cpus,
     forget_ray_address,

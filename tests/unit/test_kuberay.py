@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from serve_app.constants import SERVE_ENV_DEFAULTS
+from serve_app.core.constants import SERVE_ENV_DEFAULTS
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFEST = REPO / "deploy" / "kuberay" / "rayservice.yaml"

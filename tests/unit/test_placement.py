@@ -4,14 +4,13 @@ from typing import Any
 
 import pytest
 
-from serve_app.config import AppConfig
-from serve_app.placement import (
+from deployments.placement import (
     InsufficientGPUsError,
-    ResolvedAccelerator,
     check_gpu_capacity,
     plan_placement,
     resolve_accelerator,
 )
+from serve_app.core.config import Accelerator, AppConfig
 
 
 def config(**kwargs: object) -> AppConfig:
@@ -49,7 +48,7 @@ def test_tensor_parallel_replica_gets_one_gpu_bundle_per_worker() -> None:
 
 @pytest.mark.parametrize(("accelerator", "tp"), [("cpu", 1), ("gpu", 1), ("gpu", 2)])
 def test_llm_server_env_extends_and_overrides_the_replica_defaults(
-    accelerator: ResolvedAccelerator, tp: int
+    accelerator: Accelerator, tp: int
 ) -> None:
     def env_vars(**overrides: Any) -> dict[str, str]:
         cfg = config(tensor_parallel_size=tp, **overrides)

@@ -9,14 +9,14 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from deployments.errors import OpenAIError
-from deployments.prompts import (
+from serve_app.api.prompts import (
     OffLoopRenderer,
     PromptRenderer,
     max_token_chars,
     resolve_max_tokens,
 )
-from deployments.protocol import ChatMessage, CompletionRequest
+from serve_app.api.protocol import ChatMessage, CompletionRequest
+from serve_app.core.errors import OpenAIError
 
 # Texts for the byte-level tokenizer: seen words, unseen ones, long runs, accents, emoji.
 SAMPLES = [

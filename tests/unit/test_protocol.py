@@ -3,9 +3,9 @@
 import pytest
 from pydantic import ValidationError
 
-from deployments.generation import SamplingSpec
-from deployments.protocol import ChatCompletionRequest, CompletionRequest
-from deployments.serving import sampling_spec
+from serve_app.api.protocol import ChatCompletionRequest, CompletionRequest
+from serve_app.api.serving.base import sampling_spec
+from serve_app.core.payloads import SamplingSpec
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 

@@ -1,11 +1,11 @@
-"""serve_app.runner's drain: applications are deleted (their replicas finish in-flight
+"""serve_app.runtime.runner's drain: applications are deleted (their replicas finish in-flight
 requests) before Serve, and with it HAProxy, is shut down. The real drain, a stream that
 outlives SIGTERM, is tests/integration/test_entrypoint.py's."""
 
 import pytest
 from ray import serve
 
-from serve_app import runner
+from serve_app.runtime import runner
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Chunk pacing: per-token chunks under budget, merged chunks over it, never a lost token."""
 
-from deployments.generation import ChoiceDelta, GenerationChunk, TokenLogprob
-from deployments.stream_pacing import ChunkPacer, MergeFactors, PendingChunk
+from serve_app.core.payloads import ChoiceDelta, GenerationChunk, TokenLogprob
+from serve_app.engine.pacing import ChunkPacer, MergeFactors, PendingChunk
 
 
 class FakeClock:

@@ -5,8 +5,8 @@ from vllm.logprobs import Logprob
 from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.sampling_params import RequestOutputKind
 
-from deployments import vllm_compat
-from deployments.generation import SamplingSpec
+from serve_app.core.payloads import SamplingSpec
+from serve_app.engine import vllm_compat
 
 
 def output(completions: list[CompletionOutput]) -> RequestOutput:

@@ -1,0 +1,1 @@
+"""Engine demos of vLLM's optimisations, and the walkthrough that strings them together."""

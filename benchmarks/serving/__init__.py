@@ -1,0 +1,1 @@
+"""Serving benchmarks and experiments against running stacks (ours and bare vLLM)."""

@@ -1,0 +1,31 @@
+"""The application builder named by serve_config.yaml's `import_path`."""
+
+import os
+from typing import Any
+
+import ray
+from ray.serve import Application
+
+from deployments.ingress import OpenAIIngress
+from deployments.llm_server import LLMServer
+from deployments.placement import check_gpu_capacity, plan_placement, resolve_accelerator
+from serve_app.core.config import AppConfig
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """OpenAI ingress in front of LLM-server replicas sized for this Ray cluster."""
+    config = AppConfig.from_args(args, os.environ)
+    if not ray.is_initialized():
+        ray.init()
+    accelerator = resolve_accelerator(config, ray.cluster_resources().get("GPU", 0))
+    if accelerator == "gpu" and config.fail_fast_on_missing_gpus:
+        check_gpu_capacity(
+            config,
+            free_gpus=ray.available_resources().get("GPU", 0),
+            gpus_per_node=[n["Resources"].get("GPU", 0) for n in ray.nodes() if n["Alive"]],
+        )
+    placement = plan_placement(config, accelerator)
+    llm_server = LLMServer.options(
+        user_config=config.live_settings.model_dump(), **placement.deployment_options()
+    ).bind(config, accelerator)
+    return OpenAIIngress.bind(llm_server, config)

@@ -1,0 +1,1 @@
+"""ASGI middleware of the ingress: API keys, the request-body cap, HTTP metrics."""

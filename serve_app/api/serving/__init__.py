@@ -1,0 +1,1 @@
+"""One serving class per endpoint family, on a shared base: validation, fan-out, SSE framing."""

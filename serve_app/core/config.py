@@ -1,0 +1,159 @@
+"""The application's configuration: serve_config.yaml `args`, then environment overrides."""
+
+from collections.abc import Mapping
+from itertools import pairwise
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator
+
+from serve_app.core.constants import (
+    DEFAULT_CPU_KVCACHE_GIB,
+    DEFAULT_ENGINE_TRANSPORT,
+    DEFAULT_MAX_CHUNKS_PER_SECOND,
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_METRICS_EXPORT_PORT,
+    DEFAULT_MODEL_ID,
+    E2E_BUCKETS_S,
+    ENV_ACCELERATOR,
+    ENV_FAIL_FAST_ON_MISSING_GPUS,
+    ENV_MODEL_NAME,
+    ENV_SERVED_MODEL_NAME,
+    ENV_TENSOR_PARALLEL_SIZE,
+    ITL_BUCKETS_S,
+    QUEUE_BUCKETS_S,
+    TTFT_BUCKETS_S,
+)
+
+# What an engine runs on, and what the config may ask for (auto: GPU when the cluster has one).
+Accelerator = Literal["cpu", "gpu"]
+AcceleratorSetting = Literal["auto", "cpu", "gpu"]
+EngineTransport = Literal["grpc", "actor"]
+
+
+Buckets = Annotated[list[PositiveFloat], Field(min_length=1)]
+ChunksPerSecond = Annotated[
+    PositiveFloat | None,
+    Field(
+        description="Per LLM replica: above this rate of stream chunks, merge tokens into "
+        "fewer chunks (null: one chunk per token always)."
+    ),
+]
+
+
+class MetricsConfig(BaseModel):
+    """What the service exports to Prometheus (see README, "Metrics")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    engine_metrics: bool = Field(True, description="Export vLLM's own metrics per replica.")
+    export_port: PositiveInt = Field(
+        DEFAULT_METRICS_EXPORT_PORT,
+        description="Ray's metrics export port, set when `python -m serve_app serve` starts Ray.",
+    )
+    ttft_buckets_s: Buckets = Field(default_factory=lambda: list(TTFT_BUCKETS_S))
+    itl_buckets_s: Buckets = Field(default_factory=lambda: list(ITL_BUCKETS_S))
+    e2e_buckets_s: Buckets = Field(default_factory=lambda: list(E2E_BUCKETS_S))
+    queue_buckets_s: Buckets = Field(default_factory=lambda: list(QUEUE_BUCKETS_S))
+
+    @field_validator("ttft_buckets_s", "itl_buckets_s", "e2e_buckets_s", "queue_buckets_s")
+    @classmethod
+    def _increasing(cls, buckets: list[float]) -> list[float]:
+        if any(low >= high for low, high in pairwise(buckets)):
+            raise ValueError("histogram buckets must be strictly increasing")
+        return buckets
+
+
+class LiveSettings(BaseModel):
+    """LLMServer settings that change without a restart: the deployment's Serve `user_config`.
+
+    The builder sets them from the app args; `user_config` under the LLMServer deployment in
+    serve_config.yaml overrides them live (Serve calls `LLMServer.reconfigure`).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_chunks_per_second: ChunksPerSecond = DEFAULT_MAX_CHUNKS_PER_SECOND
+
+
+class AppConfig(BaseModel):
+    """Arguments of the application builder (`deployments.app:build_app`)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), frozen=True)
+
+    model: str = Field(
+        DEFAULT_MODEL_ID,
+        description="Hugging Face id or local path (the default id: the bundled GGUF).",
+    )
+    served_model_name: str | None = Field(
+        None, description="Name clients pass as `model`; defaults to `model`."
+    )
+    tokenizer: str | None = Field(
+        None, description="Tokenizer id or path; defaults to the model's."
+    )
+    tensor_parallel_size: PositiveInt = 1
+    max_model_len: PositiveInt | None = Field(
+        None, description="Context length; defaults to the model's."
+    )
+    accelerator: AcceleratorSetting = Field(
+        "auto", description="auto: GPU when the Ray cluster has GPUs, else vLLM's CPU backend."
+    )
+    placement_strategy: Literal["STRICT_PACK", "PACK"] = Field(
+        "STRICT_PACK",
+        description="Placement of a tensor-parallel replica's GPUs: one node, or across nodes.",
+    )
+    fail_fast_on_missing_gpus: bool = Field(
+        True,
+        description="Refuse to deploy when no node has tensor_parallel_size GPUs free "
+        "(turn off on clusters whose autoscaler adds GPU nodes on demand).",
+    )
+    cpu_kvcache_gib: PositiveFloat = Field(
+        DEFAULT_CPU_KVCACHE_GIB,
+        description="KV-cache memory per replica on the CPU backend.",
+    )
+    warmup: bool = Field(True, description="Run one request before a replica reports ready.")
+    max_chunks_per_second: ChunksPerSecond = DEFAULT_MAX_CHUNKS_PER_SECOND
+    engine_transport: EngineTransport = Field(
+        DEFAULT_ENGINE_TRANSPORT,
+        description="How token streams travel from LLM replicas to the ingress: grpc "
+        "(Serve's replica-to-replica gRPC channel) or actor (Ray actor-task streaming).",
+    )
+    max_request_bytes: PositiveInt = Field(
+        DEFAULT_MAX_REQUEST_BYTES,
+        description="Largest request body the ingress reads; larger ones get a 413 error.",
+    )
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    llm_server_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Environment variables of the LLM-server replicas and the engine process "
+        "each starts (their Ray runtime_env), e.g. VLLM_* settings.",
+    )
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Extra vLLM AsyncEngineArgs, applied last."
+    )
+
+    @property
+    def served_name(self) -> str:
+        return self.served_model_name or self.model
+
+    @property
+    def live_settings(self) -> LiveSettings:
+        return LiveSettings(max_chunks_per_second=self.max_chunks_per_second)
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, Any], env: Mapping[str, str]) -> "AppConfig":
+        """Validate builder args, letting the guide's environment variables override them."""
+        merged = dict(args)  # null keeps its meaning (e.g. max_chunks_per_second: no pacing)
+        if model := env.get(ENV_MODEL_NAME):
+            merged["model"] = model
+            merged.pop("served_model_name", None)
+            merged.pop("tokenizer", None)
+        if served := env.get(ENV_SERVED_MODEL_NAME):
+            merged["served_model_name"] = served
+        if tp := env.get(ENV_TENSOR_PARALLEL_SIZE):
+            merged["tensor_parallel_size"] = tp
+        # On an autoscaling cluster, GPUs may join after the deploy: name the accelerator.
+        if accelerator := env.get(ENV_ACCELERATOR):
+            merged["accelerator"] = accelerator
+        if fail_fast := env.get(ENV_FAIL_FAST_ON_MISSING_GPUS):
+            merged["fail_fast_on_missing_gpus"] = fail_fast
+        return cls.model_validate(merged)

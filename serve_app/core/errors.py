@@ -1,0 +1,138 @@
+"""OpenAI-shaped errors: the one exception type both deployments raise and the ingress renders,
+its wire shape, and a factory for every error the service answers with.
+
+`OpenAIError` is what crosses Ray from the LLM server to the ingress (pickled inside Ray's
+`RayTaskError`); everything else that goes wrong is mapped to one at the edge where it happens.
+"""
+
+from collections.abc import Mapping, Sequence
+from http import HTTPStatus
+from typing import Any
+
+from pydantic import BaseModel
+
+# OpenAI error types (`error.type`).
+INVALID_REQUEST = "invalid_request_error"
+NOT_FOUND = "not_found_error"
+SERVICE_UNAVAILABLE = "service_unavailable_error"
+SERVER_ERROR = "server_error"
+
+# OpenAI error codes (`error.code`).
+INVALID_JSON_CODE = "invalid_json"
+CONTEXT_LENGTH_EXCEEDED_CODE = "context_length_exceeded"
+REQUEST_TOO_LARGE_CODE = "request_too_large"
+INVALID_API_KEY_CODE = "invalid_api_key"
+MODEL_NOT_FOUND_CODE = "model_not_found"
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error response, and of a stream's error event."""
+
+    error: ErrorDetail
+
+
+class OpenAIError(Exception):
+    """An error to return to the client as `{"error": {message, type, param, code}}`."""
+
+    def __init__(
+        self,
+        message: str,
+        status_code: int = HTTPStatus.BAD_REQUEST,
+        type: str = INVALID_REQUEST,
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message, status_code, type, param, code)
+        self.message = message
+        self.status_code = int(status_code)
+        self.type = type
+        self.param = param
+        self.code = code
+
+    def response_body(self) -> ErrorResponse:
+        return ErrorResponse(
+            error=ErrorDetail(
+                message=self.message, type=self.type, param=self.param, code=self.code
+            )
+        )
+
+
+def invalid_request(message: str, param: str | None = None, code: str | None = None) -> OpenAIError:
+    return OpenAIError(message, HTTPStatus.BAD_REQUEST, INVALID_REQUEST, param, code)
+
+
+def context_length_exceeded(message: str, param: str) -> OpenAIError:
+    return invalid_request(message, param, CONTEXT_LENGTH_EXCEEDED_CODE)
+
+
+def too_many_logprobs(limit: int) -> OpenAIError:
+    return invalid_request(f"At most {limit} logprobs per token are served.", "logprobs")
+
+
+def request_too_large(limit: int) -> OpenAIError:
+    return OpenAIError(
+        f"The request body is larger than this server's limit of {limit} bytes.",
+        HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+        INVALID_REQUEST,
+        None,
+        REQUEST_TOO_LARGE_CODE,
+    )
+
+
+def invalid_api_key() -> OpenAIError:
+    return OpenAIError(
+        "Missing or invalid API key: send 'Authorization: Bearer <key>'.",
+        HTTPStatus.UNAUTHORIZED,
+        INVALID_REQUEST,
+        None,
+        INVALID_API_KEY_CODE,
+    )
+
+
+def model_not_found(model: str) -> OpenAIError:
+    return OpenAIError(
+        f"The model `{model}` does not exist.",
+        HTTPStatus.NOT_FOUND,
+        INVALID_REQUEST,
+        "model",
+        MODEL_NOT_FOUND_CODE,
+    )
+
+
+def service_unavailable(message: str) -> OpenAIError:
+    return OpenAIError(message, HTTPStatus.SERVICE_UNAVAILABLE, SERVICE_UNAVAILABLE)
+
+
+def internal_error(message: str) -> OpenAIError:
+    return OpenAIError(message, HTTPStatus.INTERNAL_SERVER_ERROR, SERVER_ERROR)
+
+
+def from_http_status(status_code: int, message: str) -> OpenAIError:
+    """An error the HTTP framework raised itself (unknown route, wrong method, body too large)."""
+    if status_code == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
+        return OpenAIError(message, status_code, INVALID_REQUEST, code=REQUEST_TOO_LARGE_CODE)
+    error_type = NOT_FOUND if status_code == HTTPStatus.NOT_FOUND else INVALID_REQUEST
+    return OpenAIError(message, status_code, error_type)
+
+
+def from_validation_errors(errors: Sequence[Mapping[str, Any]]) -> OpenAIError:
+    """The first of pydantic's validation errors of a request body, phrased for a client, with
+    the offending parameter's path."""
+    first = errors[0]
+    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    param = ".".join(location) or None
+    if first.get("type") == "json_invalid":
+        return invalid_request("The request body is not valid JSON.", None, INVALID_JSON_CODE)
+    if first.get("type") == "extra_forbidden":
+        return invalid_request(f"Unrecognized request argument supplied: {param}", param)
+    if first.get("type") == "missing" and not location:
+        return invalid_request("The request body is missing.", None, INVALID_JSON_CODE)
+    message = first.get("msg", "Invalid request")
+    return invalid_request(f"{message} (parameter: {param})" if param else message, param)

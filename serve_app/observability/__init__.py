@@ -1,0 +1,1 @@
+"""What the service exports: every metric definition, the node's Prometheus text, GPU memory."""
