@@ -1,11 +1,11 @@
-"""The OpenAI ingress deployment: the OpenAI routes, wired to the serving classes.
+"""The OpenAI ingress deployment: the OpenAI routes, wired to vLLM's serving classes.
 
-The FastAPI app (middleware, error rendering, SSE framing) is `serve_app.api.http_app`; each
-route here validates nothing itself and holds no protocol logic.
+The FastAPI app (middleware, error rendering) is `serve_app.api.http_app`; the work behind
+each route is `serve_app.api.openai_api`. Routes validate nothing themselves and hold no
+protocol logic.
 """
 
 import asyncio
-import time
 
 from fastapi import Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -13,25 +13,11 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.api.health import ServiceHealth
-from serve_app.api.http_app import create_app, respond
+from serve_app.api.http_app import create_app
 from serve_app.api.llm_client import LLMServerClient
-from serve_app.api.prompts import OffLoopRenderer, PromptRenderer
-from serve_app.api.protocol import (
-    ChatCompletion,
-    ChatCompletionRequest,
-    Completion,
-    CompletionRequest,
-    DetokenizeRequest,
-    DetokenizeResponse,
-    Health,
-    MetricsSummary,
-    ModelCard,
-    ModelList,
-    TokenizeRequest,
-    TokenizeResponse,
-)
-from serve_app.api.serving.chat import ChatServing
-from serve_app.api.serving.completion import CompletionServing
+from serve_app.api.openai_api import OpenAIAPI
+from serve_app.api.protocol import Health, MetricsSummary
+from serve_app.core.chat_templates import resolve_chat_template
 from serve_app.core.config import AppConfig
 from serve_app.core.constants import (
     CHAT_ROUTE,
@@ -40,12 +26,25 @@ from serve_app.core.constants import (
     HEALTH_ROUTE,
     INGRESS_DEPLOYMENT,
     METRICS_ROUTE,
+    MODEL_ROUTE,
     MODELS_ROUTE,
+    RESPONSES_ROUTE,
     TOKENIZE_ROUTE,
 )
 from serve_app.core.default_model import resolve_model
 from serve_app.observability.metrics import IngressMetrics
 from serve_app.observability.node_metrics import PROMETHEUS_CONTENT_TYPE, NodeMetrics
+from serve_app.vllm_compat import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    DetokenizeRequest,
+    OpenAISettings,
+    ResponsesRequest,
+    ResponsesResponse,
+    TokenizeRequest,
+)
 
 app = create_app()
 
@@ -62,50 +61,47 @@ class OpenAIIngress:
         app.state.metrics = self._metrics
         app.state.max_request_bytes = config.max_request_bytes
         self._gauge_refresher = asyncio.create_task(self._metrics.keep_gauges_alive())
-        self._renderer = OffLoopRenderer(
-            PromptRenderer(resolve_model(config.tokenizer or config.model))
+        settings = OpenAISettings(
+            served_name=config.served_name,
+            model_path=config.model,
+            chat_template=resolve_chat_template(config.chat_template),
+            tool_call_parser=config.tool_call_parser,
+            enable_auto_tool_choice=config.enable_auto_tool_choice,
+            reasoning_parser=config.reasoning_parser,
         )
-        parts = (self._llm_server, self._renderer, config.served_name, self._metrics)
-        self._chat = ChatServing(*parts)
-        self._completions = CompletionServing(*parts)
+        tokenizer = resolve_model(config.tokenizer or config.model)
+        self._api = OpenAIAPI(self._llm_server, settings, tokenizer, self._metrics)
         self._health = ServiceHealth(serve.get_replica_context().app_name, config)
         self._node_metrics = NodeMetrics()
-        self._created = int(time.time())
 
-    @app.post(CHAT_ROUTE, response_model=ChatCompletion)
-    async def chat_completions(self, body: ChatCompletionRequest) -> Response:
-        return await respond(self._chat, body)
+    @app.post(CHAT_ROUTE, response_model=ChatCompletionResponse)
+    async def chat_completions(self, body: ChatCompletionRequest, request: Request) -> Response:
+        return await self._api.chat(body, request)
 
-    @app.post(COMPLETIONS_ROUTE, response_model=Completion)
-    async def completions(self, body: CompletionRequest) -> Response:
-        return await respond(self._completions, body)
+    @app.post(COMPLETIONS_ROUTE, response_model=CompletionResponse)
+    async def completions(self, body: CompletionRequest, request: Request) -> Response:
+        return await self._api.completion(body, request)
+
+    @app.post(RESPONSES_ROUTE, response_model=ResponsesResponse)
+    async def responses(self, body: ResponsesRequest, request: Request) -> Response:
+        return await self._api.responses(body, request)
 
     @app.post(TOKENIZE_ROUTE)
-    async def tokenize(self, body: TokenizeRequest) -> TokenizeResponse:
+    async def tokenize(self, body: TokenizeRequest, request: Request) -> Response:
         """vLLM's extension: the token ids the engine would receive."""
-        self._chat.check_model(body.model)
-        if body.messages is not None:
-            tokens = await self._renderer.chat(body.messages)
-        else:
-            tokens = await self._renderer.encode(body.prompt or "", body.add_special_tokens)
-        info = await self._llm_server.model_info()
-        return TokenizeResponse(tokens=tokens, count=len(tokens), max_model_len=info.max_model_len)
+        return await self._api.tokenize(body, request)
 
     @app.post(DETOKENIZE_ROUTE)
-    async def detokenize(self, body: DetokenizeRequest) -> DetokenizeResponse:
-        self._chat.check_model(body.model)
-        return DetokenizeResponse(prompt=await self._renderer.decode(body.tokens))
+    async def detokenize(self, body: DetokenizeRequest, request: Request) -> Response:
+        return await self._api.detokenize(body, request)
 
     @app.get(MODELS_ROUTE)
-    async def models(self) -> ModelList:
-        info = await self._llm_server.model_info()
-        card = ModelCard(
-            id=self._config.served_name,
-            created=self._created,
-            root=self._config.model,
-            max_model_len=info.max_model_len,
-        )
-        return ModelList(data=[card])
+    async def models(self) -> JSONResponse:
+        return JSONResponse(await self._api.models())
+
+    @app.get(MODEL_ROUTE)
+    async def model(self, model_id: str) -> JSONResponse:
+        return JSONResponse(await self._api.model(model_id))
 
     @app.get(HEALTH_ROUTE, response_model=Health)
     async def health(self) -> JSONResponse:

@@ -1,9 +1,11 @@
-"""The LLM-server deployment: one vLLM engine per replica, streaming engine-neutral chunks.
+"""The LLM-server deployment: one vLLM engine per replica, streaming its outputs.
 
-Nothing HTTP-shaped enters here: the ingress sends a tokenized `GenerateRequest` and reads
-`GenerationChunk`s. A consumer that goes away cancels the generator, which aborts the
-request in the engine (counted in `llm_engine_cancellations`); Serve's health check calls
-the engine's, so a dead engine gets its replica replaced.
+Nothing HTTP-shaped enters here: the ingress's vLLM serving classes render and tokenize the
+request and send an `EngineRequest` (`AsyncLLM.generate`'s arguments); the replica streams
+back vLLM's DELTA `RequestOutput`s, merged into fewer when paced. A consumer that goes away
+cancels the generator, which aborts the request in the engine (counted in
+`llm_engine_cancellations`); Serve's health check calls the engine's, so a dead engine gets
+its replica replaced.
 
 The engine comes from `engine_factory` (vLLM's `AsyncLLM` by default), the seam where unit
 tests plug in a fake engine that yields real `RequestOutput`s.
@@ -17,21 +19,16 @@ from typing import Any
 import ray
 from ray import serve
 
+from serve_app import vllm_compat
 from serve_app.core.config import Accelerator, AppConfig, LiveSettings
 from serve_app.core.constants import LLM_SERVER_DEPLOYMENT
 from serve_app.core.errors import invalid_request
-from serve_app.core.payloads import (
-    EngineStats,
-    GenerateRequest,
-    GenerationChunk,
-    ModelInfo,
-    SamplingSpec,
-)
-from serve_app.engine import vllm_compat
+from serve_app.core.payloads import EngineStats, ModelInfo
 from serve_app.engine.engine_args import build_engine_kwargs, set_cpu_kvcache_space
-from serve_app.engine.pacing import ChunkPacer, MergeFactors, PendingChunk
+from serve_app.engine.pacing import ChunkPacer, MergeFactors, PendingOutput
 from serve_app.observability.gpu_stats import read_gpu_memory
 from serve_app.observability.metrics import LLMServerMetrics
+from serve_app.vllm_compat import EngineRequest, RequestOutput, SamplingParams
 
 _WARMUP_PROMPT = [1, 2, 3, 4]
 
@@ -72,29 +69,27 @@ class LLMServer:
 
     async def _warm_up(self) -> None:
         """Run one short request so the first client does not pay for lazy kernel setup."""
-        request = GenerateRequest(
+        request = EngineRequest(
+            prompt={"prompt_token_ids": _WARMUP_PROMPT},
+            params=SamplingParams(max_tokens=2, temperature=0.0),
             request_id="warmup",
-            prompt_token_ids=_WARMUP_PROMPT,
-            sampling=SamplingSpec(max_tokens=2, temperature=0.0),
         )
         async for _ in self.generate(request):
             pass
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerationChunk]:
-        """Stream the request's output: a chunk per engine step, fewer when paced."""
+    async def generate(self, request: EngineRequest) -> AsyncIterator[RequestOutput]:
+        """Stream the request's outputs: one per engine step, fewer when paced or collected."""
         self._metrics.queue_wait.observe(max(0.0, time.time() - request.dispatched_at))
-        pending = PendingChunk()
+        pending = PendingOutput(request.collect)
         factors = MergeFactors()
         try:
-            params = vllm_compat.sampling_params(request.sampling)
             stream = self._engine.generate(
-                {"prompt_token_ids": request.prompt_token_ids}, params, request.request_id
+                request.prompt, request.params, request.request_id, **request.options
             )
             async for output in stream:
                 self._pacer.saw_output()
-                chunk = vllm_compat.to_chunk(output, request.sampling.logprobs)
-                factors.from_engine(chunk)
-                pending.add(chunk)
+                factors.from_engine(output)
+                pending.add(output)
                 if pending.ready(self._pacer.tokens_per_chunk):
                     yield factors.sent(pending.take())
         except vllm_compat.REQUEST_ERRORS as exc:  # vLLM refused this request only.
@@ -102,9 +97,13 @@ class LLMServer:
         except (asyncio.CancelledError, GeneratorExit):  # vLLM's generate aborts it on the way
             self._metrics.cancellations.inc()
             raise
-        if pending.ready(tokens_per_chunk=1):
-            yield factors.sent(pending.take())
+        if (rest := pending.take()) is not None:
+            yield factors.sent(rest)
         self._metrics.stream_finished(factors.ratios())
+
+    async def engine_config(self) -> Any:
+        """The engine's whole vLLM config, from which the ingress builds vLLM's serving layer."""
+        return self._engine.vllm_config
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply live settings (Serve's `user_config`); streams in flight follow at once."""

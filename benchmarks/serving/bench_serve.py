@@ -80,7 +80,8 @@ class Session:
         }
 
     def bare(self, workload: stacks.Workload) -> stacks.StackResult:
-        server = stacks.bare_vllm(self.setup, self.out / "bare.log")
+        flags = stacks.openai_flags(self.report["app_config"])  # bare vLLM with our settings
+        server = stacks.bare_vllm(self.setup, self.out / "bare.log", flags=flags)
         return self._measure("bare vLLM", server, stacks.BARE_PORT, workload)
 
     def ours(self, workload: stacks.Workload, replicas: int = 1) -> stacks.StackResult:

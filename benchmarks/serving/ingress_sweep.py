@@ -60,6 +60,7 @@ from benchmarks.lib.serving_stacks import (
     gpu_memory_gb,
     http_front,
     markdown_table,
+    openai_flags,
     our_app,
     our_config,
     plot,
@@ -272,7 +273,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     stacks: list[StackResult] = []
     bare: StackResult | None = None
     if args.with_bare:
-        with bare_vllm(setup, args.out / "bare.log") as startup_s:
+        flags = openai_flags(report["app_config"])  # bare vLLM with our OpenAI settings
+        with bare_vllm(setup, args.out / "bare.log", flags=flags) as startup_s:
             memory = gpu_memory_gb()
             levels = measure_levels(
                 BARE_PORT, setup, workload, 0, args.out / "profiles" / "bare", args.profile_at

@@ -43,6 +43,7 @@ from benchmarks.lib.serving_stacks import (
     add_engine_args,
     bare_vllm,
     engine_setup_from_args,
+    openai_flags,
     our_app,
     our_config,
 )
@@ -246,7 +247,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             server = our_app(setup, options, args.out / "ours.log", Path(tempfile.mkdtemp()))
             port = OURS_PORT
         else:
-            server, port = bare_vllm(setup, args.out / "bare.log"), BARE_PORT
+            flags = openai_flags(report["app_config"])
+            server, port = bare_vllm(setup, args.out / "bare.log", flags=flags), BARE_PORT
         with server as startup_s:
             url = f"http://127.0.0.1:{port}"
             asyncio.run(warm_up(url, setup.served_model_name, args.warmups))

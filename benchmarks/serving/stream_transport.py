@@ -2,16 +2,17 @@
 
 The ingress reads every request's tokens through `serve_app.api.llm_client.LLMServerClient`,
 one chunk per engine step and stream. This measures that hop alone, with no engine and no
-HTTP: a deployment yields `GenerationChunk`s as fast as it can, and a second deployment
-drains S concurrent streams of them through `LLMServerClient`, once per transport
+HTTP: a deployment yields one-token vLLM `RequestOutput`s as fast as it can, and a second
+deployment drains S concurrent streams of them through `LLMServerClient.generate`, once per
+transport
 (`engine_transport` in serve_config.yaml): Serve's gRPC channel between replicas, and Ray's
 actor-task streaming. With `--source-modes`, once per way of running the producing
 replica's user code (SOURCE_MODES): on the replica's main loop (what LLMServer does,
 `LLM_SERVER_ENV_DEFAULTS`) or on Serve's separate user-code thread (Serve's default, each
 chunk handed to the replica's main loop with `call_soon_threadsafe`).
 
-    python -m benchmarks.serving.stream_transport [--streams 1 32 128] [--chunks 8000] [--repeats 3]
-        [--source-modes one-loop separate-thread] [--out benchmarks/results/cpu]
+    python -m benchmarks.serving.stream_transport [--streams 1 32 128] [--chunks 8000]
+        [--repeats 3] [--source-modes one-loop separate-thread] [--out DIR]
 
 Writes `stream_transport.json` and `stream_transport.png` under `--out`.
 """
@@ -30,12 +31,14 @@ import ray
 from pydantic import BaseModel
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from vllm.outputs import CompletionOutput
+from vllm.sampling_params import RequestOutputKind
 
 from benchmarks.lib.report import default_out, figure, provenance
 from serve_app.api.llm_client import LLMServerClient
 from serve_app.core.config import EngineTransport
 from serve_app.core.constants import LLM_SERVER_ENV_DEFAULTS
-from serve_app.core.payloads import ChoiceDelta, GenerateRequest, GenerationChunk, SamplingSpec
+from serve_app.vllm_compat import EngineRequest, RequestOutput, SamplingParams
 
 MODULE = "benchmarks.serving.stream_transport"
 
@@ -47,13 +50,26 @@ SOURCE_MODES: dict[str, dict[str, str]] = {
 }
 
 
+def one_token_output(request_id: str, step: int, last: bool) -> RequestOutput:
+    """A DELTA output of one token, as vLLM's engine yields it."""
+    choice = CompletionOutput(
+        index=0,
+        text=f" t{step}",
+        token_ids=[step],
+        cumulative_logprob=None,
+        logprobs=None,
+        finish_reason="length" if last else None,
+    )
+    return RequestOutput(request_id, None, [1], None, [choice], finished=last)
+
+
 @serve.deployment(max_ongoing_requests=1024)
 class ChunkSource:
-    """Stands in for LLMServer: `max_tokens` one-token chunks, as fast as they go out."""
+    """Stands in for LLMServer: `max_tokens` one-token outputs, as fast as they go out."""
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerationChunk]:
-        for i in range(request.sampling.max_tokens):
-            yield GenerationChunk(choices=[ChoiceDelta(index=0, text=f" t{i}", num_tokens=1)])
+    async def generate(self, request: EngineRequest) -> AsyncIterator[RequestOutput]:
+        for i in range(request.params.max_tokens):
+            yield one_token_output(request.request_id, i, i == request.params.max_tokens - 1)
 
 
 @serve.deployment(max_ongoing_requests=1024)
@@ -69,12 +85,9 @@ class ChunkSink:
         per_stream = max(1, chunks // streams)
 
         async def one(i: int) -> int:
-            request = GenerateRequest(
-                request_id=f"s{i}",
-                prompt_token_ids=[1],
-                sampling=SamplingSpec(max_tokens=per_stream),
-            )
-            return sum([1 async for _ in client.stream(request)])
+            params = SamplingParams(max_tokens=per_stream, output_kind=RequestOutputKind.DELTA)
+            outputs = client.generate({"prompt_token_ids": [1]}, params, f"s{i}")
+            return sum([1 async for _ in outputs])
 
         start = time.perf_counter()
         received = await asyncio.gather(*(one(i) for i in range(streams)))

@@ -1,52 +1,34 @@
 """The ingress's FastAPI app: its middleware, error rendering and response framing.
 
 Request path: count (HTTPMetricsMiddleware) -> authenticate (APIKeyMiddleware, when API_KEYS
-is set) -> cap the body (BodyLimitMiddleware) -> parse and validate (pydantic) -> the route.
-Every error leaves as an OpenAI error body. The routes themselves are the ingress
-deployment's methods (`deployments/ingress.py`).
+is set) -> cap the body (BodyLimitMiddleware) -> parse and validate (vLLM's request models)
+-> the route. Every error leaves as an OpenAI error body. The routes themselves are the
+ingress deployment's methods (`deployments/ingress.py`).
 """
 
-import contextlib
 import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
-from ray.exceptions import TaskCancelledError
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import Receive
 
 from serve_app.api.middleware.auth import APIKeyMiddleware, keys_from_env
 from serve_app.api.middleware.body_limit import BodyLimitMiddleware
 from serve_app.api.middleware.http_metrics import HTTPMetricsMiddleware
-from serve_app.api.protocol import ChatCompletionRequest, CompletionRequest
-from serve_app.api.serving.base import GenerationServing, primed
-from serve_app.core.constants import CHAT_ROUTE, COMPLETIONS_ROUTE
+from serve_app.core.constants import GENERATION_ROUTES
 from serve_app.core.errors import (
     OpenAIError,
     from_http_status,
+    from_status,
     from_validation_errors,
     internal_error,
 )
 from serve_app.observability.metrics import UNMATCHED_ROUTE, IngressMetrics
+from serve_app.vllm_compat import error_fields, is_vllm_error
+from serve_app.vllm_compat import error_response as vllm_error_response
 
 logger = logging.getLogger("ray.serve")
-
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-class SSEResponse(StreamingResponse):
-    """A stream that ends quietly when its client goes away.
-
-    Serve tells the ingress of a disconnect by cancelling the request, which surfaces as
-    `TaskCancelledError` from `receive()`: that is a disconnect, not a server error.
-    """
-
-    media_type = "text/event-stream"
-
-    async def listen_for_disconnect(self, receive: Receive) -> None:
-        with contextlib.suppress(TaskCancelledError):
-            await super().listen_for_disconnect(receive)
 
 
 def create_app() -> FastAPI:
@@ -59,7 +41,7 @@ def create_app() -> FastAPI:
     # The last added runs first: count every request, check its key, then its size.
     app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(APIKeyMiddleware, keys=keys_from_env())
-    app.add_middleware(HTTPMetricsMiddleware, tracked_paths=(CHAT_ROUTE, COMPLETIONS_ROUTE))
+    app.add_middleware(HTTPMetricsMiddleware, tracked_paths=GENERATION_ROUTES)
 
     @app.exception_handler(OpenAIError)
     async def _openai_error(request: Request, exc: OpenAIError) -> JSONResponse:
@@ -75,6 +57,10 @@ def create_app() -> FastAPI:
 
     @app.exception_handler(Exception)
     async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        if is_vllm_error(exc):  # e.g. a check of vLLM's request models: as vLLM answers it
+            status, message, param = error_fields(vllm_error_response(exc))
+            if status < 500:
+                return error_response(request, from_status(status, message, param))
         logger.exception("Unhandled error in the ingress")
         return error_response(request, internal_error(f"Internal error: {type(exc).__name__}"))
 
@@ -88,14 +74,3 @@ def error_response(request: Request, error: OpenAIError) -> JSONResponse:
         route = getattr(request.scope.get("route"), "path", UNMATCHED_ROUTE)
         metrics.record_error(route, error.type)
     return JSONResponse(error.response_body().model_dump(), status_code=error.status_code)
-
-
-async def respond(
-    serving: GenerationServing, body: ChatCompletionRequest | CompletionRequest
-) -> Response:
-    """SSE when the client asked to stream (once the first event is ready), else JSON."""
-    if body.stream:
-        events = await primed(serving.stream(body))
-        return SSEResponse(events, headers=_SSE_HEADERS)
-    completion = await serving.complete(body)
-    return Response(completion.model_dump_json(), media_type="application/json")

@@ -1,43 +1,51 @@
-"""The ingress's client of the LLM-server deployment: a streaming handle with errors mapped.
+"""The ingress's client of the LLM-server deployment, with the surface of vLLM's `EngineClient`
+that vLLM's OpenAI serving classes use: they run in the ingress over it, and its `generate`
+runs on an LLM-server replica.
 
-Token streams go over Serve's gRPC channel between replicas by default: every chunk is one
+Token streams go over Serve's gRPC channel between replicas by default: every output is one
 gRPC message, pickled, instead of one Ray object reported through the actor-task streaming
 generator, which costs 2 to 7 times more per chunk (benchmarks/serving/stream_transport.py).
+Every failure of the hop comes out as an `OpenAIError`.
 """
 
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
-from typing import Protocol
+from typing import Any
 
 import grpc
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
+from serve_app.api.record import RequestRecord, current_record
 from serve_app.core.config import EngineTransport
 from serve_app.core.errors import OpenAIError, internal_error, service_unavailable
-from serve_app.core.payloads import EngineStats, GenerateRequest, GenerationChunk, ModelInfo
-
-
-class LLMServerAPI(Protocol):
-    """What the serving classes ask of the LLM server (over Serve, or in-process in tests)."""
-
-    async def model_info(self) -> ModelInfo: ...
-
-    async def engine_stats(self) -> EngineStats: ...
-
-    def stream(self, request: GenerateRequest) -> AsyncIterator[GenerationChunk]: ...
+from serve_app.core.payloads import EngineStats, ModelInfo
+from serve_app.vllm_compat import (
+    EngineRequest,
+    RequestOutput,
+    SamplingParams,
+    engine_client_parts,
+    engine_request,
+    merge_outputs,
+    new_tokens,
+    sorted_choices,
+)
 
 
 class LLMServerClient:
-    """Calls LLMServer replicas through a Serve handle; every failure comes out as an
-    `OpenAIError`."""
+    """Calls LLMServer replicas through a Serve handle.
+
+    `connect()` fetches the engine's vLLM config once and builds what vLLM's serving classes
+    read off an engine client (`vllm_config`, `model_config`, `renderer`, `input_processor`).
+    """
+
+    errored = False  # a dead engine is the LLM server's to report (its health check)
 
     def __init__(self, handle: DeploymentHandle, transport: EngineTransport) -> None:
         self._handle = handle
-        # gRPC path: our payloads are importable pydantic models, so plain pickle, not
-        # cloudpickle (the actor path ignores these two options).
+        # gRPC path: plain pickle, not cloudpickle (the actor path ignores these two options).
         self._stream_handle = handle.options(
             stream=True,
             _by_reference=transport == "actor",
@@ -47,46 +55,105 @@ class LLMServerClient:
         self._info: ModelInfo | None = None
         self._info_lock = asyncio.Lock()
 
+    async def connect(self, tokenizer: str) -> None:
+        """Take the engine's config from any replica; the renderer loads `tokenizer` (a path
+        or id that resolves on this node)."""
+        with _openai_errors(None):
+            vllm_config = await self._handle.engine_config.remote()
+        vllm_config.model_config.tokenizer = tokenizer
+        for name, value in engine_client_parts(vllm_config).items():
+            setattr(self, name, value)
+
+    @property
+    def dead_error(self) -> OpenAIError:
+        return service_unavailable("The model's engine is not running; retry shortly.")
+
+    def check_admission(self, n: int = 1, request_id: str | None = None) -> None:
+        """Admission is Serve's: beyond `max_queued_requests`, `generate` gets a 503."""
+
+    async def is_tracing_enabled(self) -> bool:
+        return False
+
+    async def generate(
+        self, prompt: Any, sampling_params: SamplingParams, request_id: str, **options: Any
+    ) -> AsyncIterator[RequestOutput]:
+        """`AsyncLLM.generate` on an LLM-server replica; leaving early cancels it there.
+
+        A request that asked for the final output only gets it merged here from the deltas
+        (the first one streamed early, which times the first token).
+        """
+        request = engine_request(prompt, sampling_params, request_id, options)
+        record = current_record()
+        if record is not None:
+            record.started(request_id, len(prompt.get("prompt_token_ids") or ()))
+        collected: RequestOutput | None = None
+        async for output in self._stream(request, record):
+            if record is not None:
+                record.saw_tokens(new_tokens(output))
+            if not request.collect:
+                yield output
+            else:
+                collected = output if collected is None else merge_outputs(collected, output)
+        if collected is not None:
+            yield sorted_choices(collected)
+
+    async def _stream(
+        self, request: EngineRequest, record: RequestRecord | None
+    ) -> AsyncIterator[RequestOutput]:
+        response = self._stream_handle.generate.remote(request)
+        try:
+            with _openai_errors(record):
+                async for output in response:
+                    yield output
+        except (GeneratorExit, asyncio.CancelledError):  # the consumer left: abort the request
+            response.cancel()
+            raise
+
     async def model_info(self) -> ModelInfo:
         """The engine's limits, asked once of any replica and cached."""
         if self._info is None:
             async with self._info_lock:
                 if self._info is None:
-                    with _openai_errors():
+                    with _openai_errors(None):
                         self._info = await self._handle.model_info.remote()
         return self._info
 
     async def engine_stats(self) -> EngineStats:
         """Resources of one engine replica (whichever the router picks)."""
-        with _openai_errors():
+        with _openai_errors(None):
             return await self._handle.engine_stats.remote()
-
-    async def stream(self, request: GenerateRequest) -> AsyncIterator[GenerationChunk]:
-        """Yield the request's chunks; leaving early cancels the request in the engine."""
-        response = self._stream_handle.generate.remote(request)
-        try:
-            with _openai_errors():
-                async for chunk in response:
-                    yield chunk
-        except (GeneratorExit, asyncio.CancelledError):  # the consumer left: abort the request
-            response.cancel()
-            raise
 
 
 @contextlib.contextmanager
-def _openai_errors() -> Iterator[None]:
-    """Re-raise the LLM server's own `OpenAIError`s as they were; map Ray's failures."""
+def _openai_errors(record: RequestRecord | None) -> Iterator[None]:
+    """Re-raise the LLM server's own `OpenAIError`s as they were; map Ray's failures; note
+    the error in the request's record."""
     try:
         yield
-    except RayTaskError as exc:
+    except Exception as exc:
+        error = _as_openai_error(exc)
+        if error is None:
+            raise
+        if record is not None:
+            record.error = error
+        if error is exc:
+            raise
+        raise error from exc
+
+
+def _as_openai_error(exc: Exception) -> OpenAIError | None:
+    if isinstance(exc, OpenAIError):
+        return exc
+    if isinstance(exc, RayTaskError):
         if isinstance(exc.cause, OpenAIError):
-            raise exc.cause from None
-        raise internal_error(f"Generation failed: {type(exc.cause).__name__}") from exc
-    except BackPressureError as exc:
-        raise service_unavailable("The model is at capacity; retry shortly.") from exc
-    except (RayActorError, DeploymentUnavailableError) as exc:
-        raise service_unavailable("The model replica for this request is unavailable.") from exc
-    except grpc.aio.AioRpcError as exc:  # gRPC transport; Ray maps UNAVAILABLE to RayActorError
-        raise service_unavailable(
+            return exc.cause
+        return internal_error(f"Generation failed: {type(exc.cause).__name__}")
+    if isinstance(exc, BackPressureError):
+        return service_unavailable("The model is at capacity; retry shortly.")
+    if isinstance(exc, RayActorError | DeploymentUnavailableError):
+        return service_unavailable("The model replica for this request is unavailable.")
+    if isinstance(exc, grpc.aio.AioRpcError):  # gRPC transport; Ray maps UNAVAILABLE itself
+        return service_unavailable(
             f"The model replica did not answer ({exc.code().name}); retry shortly."
-        ) from exc
+        )
+    return None

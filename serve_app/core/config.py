@@ -121,6 +121,27 @@ class AppConfig(BaseModel):
         DEFAULT_MAX_REQUEST_BYTES,
         description="Largest request body the ingress reads; larger ones get a 413 error.",
     )
+    chat_template: str | None = Field(
+        None,
+        description="A Jinja chat template instead of the tokenizer's, as `vllm serve "
+        "--chat-template`: a file path, the template itself, or a bundled one by name "
+        "(chatml_tools: ChatML with tools, for the hermes tool parser).",
+    )
+    tool_call_parser: str | None = Field(
+        None,
+        description="vLLM's tool parser for the model's tool calls (`--tool-call-parser`), "
+        "e.g. hermes; tools need it.",
+    )
+    enable_auto_tool_choice: bool = Field(
+        False,
+        description="Accept tool_choice auto (`--enable-auto-tool-choice`); with vLLM 0.32 "
+        "required and named tool choice need it too.",
+    )
+    reasoning_parser: str | None = Field(
+        None,
+        description="vLLM's reasoning parser (`--reasoning-parser`): the model's reasoning in "
+        "`reasoning_content` of responses and deltas.",
+    )
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     llm_server_env: dict[str, str] = Field(
         default_factory=dict,

@@ -17,7 +17,10 @@ INGRESS_DEPLOYMENT: Final = "OpenAIIngress"
 # The OpenAI routes of the ingress.
 CHAT_ROUTE: Final = "/v1/chat/completions"
 COMPLETIONS_ROUTE: Final = "/v1/completions"
+RESPONSES_ROUTE: Final = "/v1/responses"
+GENERATION_ROUTES: Final = (CHAT_ROUTE, COMPLETIONS_ROUTE, RESPONSES_ROUTE)
 MODELS_ROUTE: Final = "/v1/models"
+MODEL_ROUTE: Final = "/v1/models/{model_id:path}"
 HEALTH_ROUTE: Final = "/health"
 METRICS_ROUTE: Final = "/metrics"
 TOKENIZE_ROUTE: Final = "/tokenize"

@@ -122,6 +122,22 @@ def from_http_status(status_code: int, message: str) -> OpenAIError:
     return OpenAIError(message, status_code, error_type)
 
 
+def from_status(status_code: int, message: str, param: str | None = None) -> OpenAIError:
+    """The OpenAI error for an error vLLM's serving classes answered with (their types are
+    Python-style, `BadRequestError`; OpenAI's are `invalid_request_error`)."""
+    if status_code == HTTPStatus.NOT_FOUND and param == "model":
+        return OpenAIError(message, status_code, INVALID_REQUEST, param, MODEL_NOT_FOUND_CODE)
+    if status_code == HTTPStatus.SERVICE_UNAVAILABLE:
+        return OpenAIError(message, status_code, SERVICE_UNAVAILABLE, param)
+    not_implemented = status_code == HTTPStatus.NOT_IMPLEMENTED
+    if status_code >= HTTPStatus.INTERNAL_SERVER_ERROR and not not_implemented:
+        return OpenAIError(message, status_code, SERVER_ERROR, param)
+    context = "maximum context length" in message or "greater than max_model_len" in message
+    code = CONTEXT_LENGTH_EXCEEDED_CODE if context else None
+    error_type = NOT_FOUND if status_code == HTTPStatus.NOT_FOUND else INVALID_REQUEST
+    return OpenAIError(message, status_code, error_type, param, code)
+
+
 def from_validation_errors(errors: Sequence[Mapping[str, Any]]) -> OpenAIError:
     """The first of pydantic's validation errors of a request body, phrased for a client, with
     the offending parameter's path."""

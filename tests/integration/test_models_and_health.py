@@ -51,13 +51,19 @@ def test_detokenize_inverts_tokenize(http: httpx.Client, model: str) -> None:
     }
 
 
-def test_tokenize_needs_exactly_one_input(http: httpx.Client, model: str) -> None:
+def test_tokenize_without_an_input_is_an_openai_400(http: httpx.Client, model: str) -> None:
     response = http.post("/tokenize", json={"model": model})
     assert response.status_code == 400
-    assert response.json()["error"]["param"] == "messages"
+    assert response.json()["error"]["type"] == "invalid_request_error"
 
 
-def test_detokenize_refuses_ids_outside_the_vocabulary(http: httpx.Client, model: str) -> None:
-    response = http.post("/detokenize", json={"model": model, "tokens": [1, 10**9]})
-    assert response.status_code == 400
-    assert response.json()["error"]["param"] == "tokens"
+def test_one_model_is_retrieved_by_id_and_an_unknown_one_is_404(
+    client: openai.OpenAI, http: httpx.Client, model: str
+) -> None:
+    card = client.models.retrieve(model)
+    assert (card.id, card.object) == (model, "model")
+    assert card.model_dump()["max_model_len"] > 0
+    error = http.get("/v1/models/no-such-model").json()["error"]
+    assert (error["type"], error["code"], error["param"]) == (
+        "invalid_request_error", "model_not_found", "model",
+    )  # fmt: skip

@@ -143,3 +143,18 @@ def test_profiled_processes_are_our_replicas_the_engine_and_bare_vllm() -> None:
     assert short("VLLM::EngineCore") == ["engine-core"]
     assert short("python3 -m vllm.entrypoints.openai.api_server") == ["bare-api-server"]
     assert short("ray::ServeController") == []
+
+
+def test_the_engine_lab_streams_deltas_with_every_sampling_setting() -> None:
+    from vllm.sampling_params import RequestOutputKind
+
+    from benchmarks.lib.engine_lab import sampling_params
+    from benchmarks.lib.sampling import SamplingSpec
+
+    spec = SamplingSpec(
+        max_tokens=9, n=2, temperature=0.3, top_p=0.8, seed=5, stop=("a",), logprobs=2, top_k=7
+    )
+    params = sampling_params(spec)
+    assert params.output_kind == RequestOutputKind.DELTA
+    assert (params.max_tokens, params.n, params.temperature, params.top_p) == (9, 2, 0.3, 0.8)
+    assert (params.seed, params.stop, params.logprobs, params.top_k) == (5, ["a"], 2, 7)

@@ -58,7 +58,7 @@ def test_the_tree_keeps_every_contract() -> None:
             "from benchmarks.lib import report",
             "The service never imports the benchmarks",
         ),
-        ("serve_app/api/protocol.py", "import vllm", "Only the engine-compat module imports"),
+        ("serve_app/api/protocol.py", "import vllm", "Only the vLLM-compat module imports"),
         ("deployments/llm_server.py", "import fastapi", "Nothing HTTP-shaped enters"),
         ("benchmarks/lib/report.py", "import benchmarks.demos.walkthrough", "Benchmark entry"),
     ],

@@ -16,7 +16,7 @@ from serve_app.core.errors import OpenAIError
 )
 def test_a_grpc_failure_of_the_hop_is_a_503_that_names_its_code(code: grpc.StatusCode) -> None:
     failure = grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), "boom")
-    with pytest.raises(OpenAIError) as raised, _openai_errors():
+    with pytest.raises(OpenAIError) as raised, _openai_errors(None):
         raise failure
     assert raised.value.status_code == 503
     assert raised.value.type == "service_unavailable_error"
@@ -56,7 +56,7 @@ def _client(response: _Response) -> LLMServerClient:
 
 
 async def _read(client: LLMServerClient, limit: int | None = None) -> list[str]:
-    stream = client.stream(None)  # type: ignore[arg-type]
+    stream = client._stream(None, None)  # type: ignore[arg-type]
     chunks = []
     async for chunk in stream:
         chunks.append(chunk)

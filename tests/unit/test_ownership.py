@@ -32,4 +32,4 @@ def test_the_wheel_ships_the_service_packages_only() -> None:
     include = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
     packages = find_packages(where=str(REPO), include=include)
     assert {p.split(".")[0] for p in packages} == {"serve_app", "deployments"}
-    assert {"serve_app.api.serving", "serve_app.engine", "deployments"} <= set(packages)
+    assert {"serve_app.api.middleware", "serve_app.engine", "deployments"} <= set(packages)

@@ -1,40 +1,43 @@
-"""The serving layer on a fake engine: the real LLMServer and serving classes, with
-`tests/fake_engine.py` yielding real vLLM `RequestOutput`s in place of a model.
+"""The serving path on a fake engine: vLLM's serving classes in `OpenAIAPI`, over the real
+`LLMServerClient`, calling the real `LLMServer`, whose engine is `tests/fake_engine.py`
+(real `RequestOutput`s, no weights).
 
-Covers what only minute-long integration runs covered before: choices re-indexed across
-prompts, an error after the first SSE event, pacing inside `generate`, cancellation, and usage.
+Covers what only minute-long integration runs covered before: choices indexed across
+prompts, an error after the first SSE event, pacing inside `generate`, cancellation, usage
+and `vllm_stats`.
 """
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+from fastapi.responses import JSONResponse
 
-from serve_app.api.prompts import OffLoopRenderer, PromptRenderer
-from serve_app.api.protocol import ChatCompletionRequest, CompletionRequest
-from serve_app.api.serving.base import SSE_DONE, primed
-from serve_app.api.serving.chat import ChatServing
-from serve_app.api.serving.completion import CompletionServing
+from serve_app.api.llm_client import LLMServerClient
+from serve_app.api.openai_api import OpenAIAPI
 from serve_app.core.config import AppConfig, MetricsConfig
 from serve_app.core.errors import OpenAIError
-from serve_app.core.payloads import GenerateRequest, SamplingSpec
 from serve_app.observability.metrics import IngressMetrics
+from serve_app.vllm_compat import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EngineRequest,
+    OpenAISettings,
+    SamplingParams,
+    engine_request,
+)
 from tests.fake_engine import (
-    VOCABULARY,
     FakeEngine,
-    InProcessLLMServer,
+    InProcessHandle,
     start_llm_server,
+    tiny_model,
     token_id,
-    token_text,
+    word,
 )
 
-MODEL = "fake/model"
-PROMPTS = [[1, 2, 3], [7, 8]]
+PROMPTS = [[11, 12, 13], [17, 18]]
 
 
 @pytest.fixture(autouse=True)
@@ -44,81 +47,73 @@ def _cpu_kv_cache_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def renderer(tmp_path_factory: pytest.TempPathFactory) -> OffLoopRenderer:
-    """A real renderer: a word-level tokenizer of the fake engine's words, with a chat template."""
-    words = {"[UNK]": 0} | {token_text(10 + i).strip(): 10 + i for i in range(VOCABULARY)}
-    tokenizer = Tokenizer(models.WordLevel(words, "[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]")
-    fast.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
-    path: Path = tmp_path_factory.mktemp("tokenizer")
-    fast.save_pretrained(path)
-    return OffLoopRenderer(PromptRenderer(str(path)))
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
-def app_config(**overrides: Any) -> AppConfig:
-    return AppConfig.model_validate({"model": MODEL, "warmup": False} | overrides)
+def app_config(model: Path, **overrides: Any) -> AppConfig:
+    return AppConfig.model_validate({"model": str(model), "warmup": False} | overrides)
 
 
-async def serving(
-    renderer: OffLoopRenderer, config: AppConfig | None = None, **engine: Any
-) -> tuple[CompletionServing, ChatServing, FakeEngine]:
-    config = config or app_config()
+class Stack:
+    """The ingress's `OpenAIAPI` over an LLMServer on a FakeEngine, all in this process."""
+
+    def __init__(self, server: Any, fake: FakeEngine, api: OpenAIAPI, handle: Any) -> None:
+        self.server, self.fake, self.api, self.handle = server, fake, api, handle
+        self.name = str(api._settings.served_name)
+
+
+async def stack(model: Path, reasoning_parser: str | None = None, **engine: Any) -> Stack:
+    config = app_config(model)
     server, fake = await start_llm_server(config, **engine)
-    parts = (
-        InProcessLLMServer(server),
-        renderer,
-        config.served_name,
-        IngressMetrics(config.served_name, MetricsConfig()),
+    handle = InProcessHandle(server)
+    client = LLMServerClient(handle, "grpc")  # type: ignore[arg-type]
+    settings = OpenAISettings(
+        served_name=config.served_name, model_path=str(model), reasoning_parser=reasoning_parser
     )
-    return CompletionServing(*parts), ChatServing(*parts), fake
+    metrics = IngressMetrics(config.served_name, MetricsConfig())
+    return Stack(server, fake, OpenAIAPI(client, settings, str(model), metrics), handle)
 
 
-async def events(stream: AsyncIterator[str]) -> list[Any]:
-    """The SSE events of a stream, parsed; `[DONE]` as the string."""
-    parsed = []
-    async for event in await primed(stream):
-        assert event.startswith("data: ") and event.endswith("\n\n")
+async def body(response: Any) -> Any:
+    """A JSON response's body, or an SSE response's events (parsed; `[DONE]` as the string)."""
+    if isinstance(response, JSONResponse):
+        return json.loads(response.body)
+    events = []
+    async for event in response.body_iterator:
         payload = event.removeprefix("data: ").strip()
-        parsed.append(payload if payload == "[DONE]" else json.loads(payload))
-    return parsed
+        events.append(payload if payload == "[DONE]" else json.loads(payload))
+    return events
 
 
 def expected_text(prompt: list[int], choice: int, tokens: int) -> str:
-    return "".join(token_text(token_id(prompt, choice, step)) for step in range(tokens))
+    return " ".join(word(token_id(prompt, choice, step)) for step in range(tokens))
+
+
+def completion(name: str, **fields: Any) -> CompletionRequest:
+    return CompletionRequest.model_validate({"model": name} | fields)
 
 
 def run(coroutine: Any) -> Any:
     return asyncio.run(coroutine)
 
 
-def whole_and_streamed(
-    renderer: OffLoopRenderer, request: CompletionRequest, **stream_fields: Any
-) -> tuple[Any, list[Any]]:
-    """The response to `request`, and the events of the same request streamed."""
+def test_choices_of_several_prompts_are_indexed_prompt_by_prompt(model: Path) -> None:
+    fields = {"prompt": PROMPTS, "n": 2, "max_tokens": 3, "temperature": 0.8}
 
-    async def scenario() -> tuple[Any, list[Any]]:
-        completions, _, _ = await serving(renderer)
-        streamed = CompletionRequest.model_validate(
-            request.model_dump() | {"stream": True} | stream_fields
-        )
-        return await completions.complete(request), await events(completions.stream(streamed))
+    async def scenario() -> tuple[Any, Any]:
+        s = await stack(model)
+        whole = await body(await s.api.completion(completion(s.name, **fields), None))
+        streamed = await s.api.completion(completion(s.name, **fields, stream=True), None)
+        return whole, await body(streamed)
 
-    return run(scenario())
-
-
-def test_choices_of_several_prompts_are_indexed_prompt_by_prompt(
-    renderer: OffLoopRenderer,
-) -> None:
-    request = CompletionRequest(model=MODEL, prompt=PROMPTS, n=2, max_tokens=3, temperature=0.8)
-    whole, streamed = whole_and_streamed(renderer, request)
+    whole, streamed = run(scenario())
     expected = {
         prompt_index * 2 + choice: expected_text(prompt, choice, 3)
         for prompt_index, prompt in enumerate(PROMPTS)
         for choice in range(2)
     }
-    assert {c.index: c.text for c in whole.choices} == expected
-    assert [c.index for c in whole.choices] == [0, 1, 2, 3]
+    assert {c["index"]: c["text"] for c in whole["choices"]} == expected
     texts: dict[int, str] = {}
     for event in streamed[:-1]:
         for choice in event["choices"]:
@@ -127,69 +122,80 @@ def test_choices_of_several_prompts_are_indexed_prompt_by_prompt(
     assert streamed[-1] == "[DONE]"
 
 
-def test_an_error_after_the_first_event_ends_the_stream_with_an_error_event_then_done(
-    renderer: OffLoopRenderer,
+def test_an_error_after_the_first_event_ends_the_stream_with_our_error_then_done(
+    model: Path,
 ) -> None:
     async def scenario() -> list[Any]:
-        completions, _, _ = await serving(renderer, fail_at_step=2)
-        request = CompletionRequest(model=MODEL, prompt=[5, 6], max_tokens=8, stream=True)
-        return await events(completions.stream(request))
+        s = await stack(model, fail_at_step=2)
+        request = completion(s.name, prompt=[15, 16], max_tokens=8, stream=True)
+        return await body(await s.api.completion(request, None))
 
     streamed = run(scenario())
     text = "".join(c["text"] for event in streamed[:-2] for c in event["choices"])
-    assert text == expected_text([5, 6], 0, 2)
-    assert streamed[-2]["error"]["type"] == "invalid_request_error"
-    assert "fake refusal at step 2" in streamed[-2]["error"]["message"]
+    assert text == expected_text([15, 16], 0, 2)
+    error = streamed[-2]["error"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", None)
+    assert "fake refusal at step 2" in error["message"]
     assert streamed[-1] == "[DONE]"
 
 
-def test_an_error_before_the_first_event_is_a_plain_error_not_a_stream(
-    renderer: OffLoopRenderer,
-) -> None:
+def test_an_error_before_the_first_event_is_a_plain_http_error(model: Path) -> None:
     async def scenario() -> None:
-        completions, _, _ = await serving(renderer, fail_at_step=0)
-        request = CompletionRequest(model=MODEL, prompt=[5, 6], max_tokens=8, stream=True)
-        await primed(completions.stream(request))
+        s = await stack(model, fail_at_step=0)
+        await s.api.completion(completion(s.name, prompt=[15], max_tokens=8, stream=True), None)
 
     with pytest.raises(OpenAIError) as raised:
         run(scenario())
-    assert raised.value.status_code == 400
+    assert (raised.value.status_code, raised.value.type) == (400, "invalid_request_error")
+    assert "fake refusal at step 0" in raised.value.message
 
 
-def test_over_its_chunk_budget_the_server_merges_tokens_and_loses_none() -> None:
+def test_over_its_chunk_budget_the_server_merges_tokens_and_loses_none(model: Path) -> None:
     tokens = 400
 
     async def scenario(chunks_per_second: float | None, step_s: float) -> list[Any]:
-        config = app_config(max_chunks_per_second=chunks_per_second)
-        server, _ = await start_llm_server(config, step_s=step_s)
-        request = GenerateRequest(
-            request_id="paced", prompt_token_ids=[3, 4], sampling=SamplingSpec(max_tokens=tokens)
+        server, _ = await start_llm_server(
+            app_config(model, max_chunks_per_second=chunks_per_second), step_s=step_s
         )
-        return [chunk async for chunk in server.generate(request)]
+        params = SamplingParams(max_tokens=tokens)
+        request = EngineRequest({"prompt_token_ids": [13, 14]}, params, "paced")
+        return [output async for output in server.generate(request)]
 
     # ~200 engine outputs a second against a budget of 20 chunks: after the pacer's first
     # half-second window, ~10 tokens a chunk.
     paced, unpaced = run(scenario(20.0, 0.005)), run(scenario(None, 0.0))
-    for chunks in (paced, unpaced):
-        text = "".join(d.text for c in chunks for d in c.choices)
-        assert text == expected_text([3, 4], 0, tokens)
-        assert sum(d.num_tokens for c in chunks for d in c.choices) == tokens
-        assert chunks[0].choices[0].num_tokens == 1  # the first token never waits
-        assert chunks[-1].choices[0].finish_reason == "length"
+    for outputs in (paced, unpaced):
+        choices = [choice for output in outputs for choice in output.outputs]
+        assert "".join(c.text for c in choices) == " ".join(
+            word(token_id([13, 14], 0, step)) for step in range(tokens)
+        )
+        assert sum(len(c.token_ids) for c in choices) == tokens
+        assert len(outputs[0].outputs[0].token_ids) == 1  # the first token never waits
+        assert outputs[-1].finished and outputs[-1].outputs[0].finish_reason == "length"
     assert len(unpaced) == tokens
     assert len(paced) < tokens * 0.6
 
 
-def test_a_consumer_that_leaves_aborts_the_request_in_the_engine(
-    renderer: OffLoopRenderer,
-) -> None:
+def test_a_non_streamed_request_travels_as_its_first_output_then_the_rest(model: Path) -> None:
+    async def scenario() -> tuple[Any, int]:
+        s = await stack(model)
+        response = await s.api.completion(completion(s.name, prompt=[15], max_tokens=20), None)
+        return await body(response), s.handle.sent
+
+    whole, sent = run(scenario())
+    assert whole["choices"][0]["text"] == expected_text([15], 0, 20)
+    assert sent == 2
+
+
+def test_a_consumer_that_leaves_aborts_the_request_in_the_engine(model: Path) -> None:
     async def scenario() -> tuple[FakeEngine, int]:
-        completions, _, fake = await serving(renderer, step_s=0.01)
-        request = CompletionRequest(model=MODEL, prompt=[1], max_tokens=200, stream=True)
-        stream = await primed(completions.stream(request))
-        received = [await anext(stream) for _ in range(3)]
-        await stream.aclose()
-        return fake, len(received)
+        s = await stack(model, step_s=0.01)
+        request = completion(s.name, prompt=[11], max_tokens=200, stream=True)
+        events = (await s.api.completion(request, None)).body_iterator
+        received = [await anext(events) for _ in range(3)]
+        await events.aclose()
+        await asyncio.sleep(0.1)  # the cancelled engine request unwinds
+        return s.fake, len(received)
 
     fake, received = run(scenario())
     assert received == 3
@@ -197,54 +203,128 @@ def test_a_consumer_that_leaves_aborts_the_request_in_the_engine(
     assert fake.aborted == fake.requests
 
 
-def test_usage_counts_every_prompt_and_every_choice_streamed_or_not(
-    renderer: OffLoopRenderer,
-) -> None:
-    request = CompletionRequest(model=MODEL, prompt=PROMPTS, n=2, max_tokens=5, temperature=0.8)
-    whole, streamed = whole_and_streamed(renderer, request, stream_options={"include_usage": True})
+def test_usage_counts_every_prompt_and_every_choice_streamed_or_not(model: Path) -> None:
+    fields = {"prompt": PROMPTS, "n": 2, "max_tokens": 5, "temperature": 0.8}
+
+    async def scenario() -> tuple[Any, Any]:
+        s = await stack(model)
+        whole = await body(await s.api.completion(completion(s.name, **fields), None))
+        request = completion(s.name, **fields, stream=True, stream_options={"include_usage": True})
+        return whole, await body(await s.api.completion(request, None))
+
+    whole, streamed = run(scenario())
     prompt_tokens = sum(map(len, PROMPTS))
-    assert whole.usage.model_dump() == {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": 4 * 5,
-        "total_tokens": prompt_tokens + 20,
-    }
-    assert whole.vllm_stats.time_to_first_token_seconds is not None
+    counts = ("prompt_tokens", "completion_tokens", "total_tokens")
+    assert [whole["usage"][key] for key in counts] == [prompt_tokens, 20, prompt_tokens + 20]
+    stats = whole["vllm_stats"]
+    assert stats["time_to_first_token_seconds"] is not None
+    assert stats["tokens_per_second"] > 0
     usage_event = streamed[-2]
     assert usage_event["choices"] == []
-    assert usage_event["usage"] == whole.usage.model_dump()
-    assert all("usage" not in event for event in streamed[:-2])
+    assert [usage_event["usage"][key] for key in counts] == [whole["usage"][k] for k in counts]
 
 
-def test_a_streamed_chat_opens_each_choice_with_the_assistant_role_once(
-    renderer: OffLoopRenderer,
-) -> None:
+def test_a_streamed_chat_opens_each_choice_with_the_assistant_role_once(model: Path) -> None:
     async def scenario() -> list[Any]:
-        _, chat, _ = await serving(renderer)
-        request = ChatCompletionRequest(
-            model=MODEL,
-            messages=[{"role": "user", "content": "w10 w11"}],
-            n=2,
-            max_tokens=4,
-            temperature=0.8,
-            stream=True,
+        s = await stack(model)
+        request = ChatCompletionRequest.model_validate(
+            {
+                "model": s.name,
+                "messages": [{"role": "user", "content": "w10 w11"}],
+                "n": 2,
+                "max_tokens": 4,
+                "temperature": 0.8,
+                "stream": True,
+            }
         )
-        return await events(chat.stream(request))
+        return await body(await s.api.chat(request, None))
 
     streamed = run(scenario())
     roles: dict[int, list[str]] = {0: [], 1: []}
     for event in streamed[:-1]:
         for choice in event["choices"]:
-            if "role" in choice["delta"]:
+            if choice["delta"].get("role"):
                 roles[choice["index"]].append(choice["delta"]["role"])
     assert roles == {0: ["assistant"], 1: ["assistant"]}
-    assert streamed[-1] == SSE_DONE.removeprefix("data: ").strip()
 
 
-def test_the_llm_server_reports_the_engines_limits_and_kv_cache() -> None:
-    async def scenario() -> tuple[Any, Any]:
-        server, _ = await start_llm_server(app_config())
-        return await server.model_info(), await server.engine_stats()
+def test_the_engine_request_asks_for_deltas_and_says_when_to_collect() -> None:
+    from vllm.sampling_params import RequestOutputKind
 
-    info, stats = run(scenario())
-    assert (info.max_model_len, info.max_logprobs, info.accelerator) == (256, 20, "cpu")
-    assert (stats.kv_cache_tokens, stats.cpu_kvcache_gib) == (64 * 16, 1.0)
+    final = SamplingParams(max_tokens=4, output_kind=RequestOutputKind.FINAL_ONLY)
+    request = engine_request({"prompt_token_ids": [1]}, final, "r", {})
+    assert request.collect and request.params.output_kind == RequestOutputKind.DELTA
+    assert final.output_kind == RequestOutputKind.FINAL_ONLY  # the caller's is left as it was
+    streamed = SamplingParams(max_tokens=4, output_kind=RequestOutputKind.DELTA)
+    assert not engine_request({"prompt_token_ids": [1]}, streamed, "r", {}).collect
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_reasoning_parser_splits_the_reasoning_from_the_answer(model: Path, stream: bool) -> None:
+    script = ["<think>", "w10", "w11", "</think>", "w12"]
+
+    async def scenario() -> Any:
+        s = await stack(model, reasoning_parser="deepseek_r1", script=script)
+        request = ChatCompletionRequest.model_validate(
+            {"model": s.name, "messages": [{"role": "user", "content": "w13"}], "stream": stream}
+        )
+        return await body(await s.api.chat(request, None))
+
+    answer = run(scenario())
+    if not stream:
+        message = answer["choices"][0]["message"]
+        reasoning, content = (
+            message.get("reasoning") or message.get("reasoning_content"),
+            message["content"],
+        )
+    else:
+        deltas = [c["delta"] for event in answer[:-1] for c in event["choices"]]
+        reasoning = "".join(d.get("reasoning") or d.get("reasoning_content") or "" for d in deltas)
+        content = "".join(d.get("content") or "" for d in deltas)
+    assert (reasoning, content) == ("w10w11", "w12")
+
+
+def test_without_a_reasoning_parser_the_reasoning_stays_in_the_content(model: Path) -> None:
+    script = ["<think>", "w10", "</think>", "w12"]
+
+    async def scenario() -> Any:
+        s = await stack(model, script=script)
+        request = ChatCompletionRequest.model_validate(
+            {"model": s.name, "messages": [{"role": "user", "content": "w13"}]}
+        )
+        return await body(await s.api.chat(request, None))
+
+    message = run(scenario())["choices"][0]["message"]
+    assert message["content"] == "<think>w10</think>w12"
+    assert not (message.get("reasoning") or message.get("reasoning_content"))
+
+
+@pytest.mark.parametrize(
+    ("fields", "status", "code", "param"),
+    [
+        ({"model": "nope"}, 404, "model_not_found", "model"),
+        ({"max_tokens": 10**6}, 400, "context_length_exceeded", "max_tokens"),
+        ({"messages": [{"role": "user", "content": "w10 " * 300}]}, 400,
+         "context_length_exceeded", None),
+    ],
+    ids=["unknown-model", "max-tokens", "prompt-too-long"],
+)  # fmt: skip
+def test_a_request_refused_before_the_engine_is_an_openai_error(
+    model: Path, fields: dict, status: int, code: str | None, param: str | None
+) -> None:
+    async def scenario() -> FakeEngine:
+        s = await stack(model)
+        request = ChatCompletionRequest.model_validate(
+            {"model": s.name, "messages": [{"role": "user", "content": "w10"}]} | fields
+        )
+        try:
+            await s.api.chat(request, None)
+        finally:
+            assert s.fake.requests == []
+        return s.fake
+
+    with pytest.raises(OpenAIError) as raised:
+        run(scenario())
+    error = raised.value
+    assert (error.status_code, error.type) == (status, "invalid_request_error")
+    assert error.code == code and (param is None or error.param == param)

@@ -1,88 +1,55 @@
-"""Conversion between this project's payloads and vLLM's (real vLLM classes, no engine)."""
+"""The vLLM-compat module on real vLLM classes (no engine): merging a request's DELTA outputs,
+errors as vLLM's server renders them, constructors across versions, engine gauges."""
 
 from prometheus_client import REGISTRY, Gauge
-from vllm.logprobs import Logprob
 from vllm.outputs import CompletionOutput, RequestOutput
-from vllm.sampling_params import RequestOutputKind
 
-from serve_app.core.payloads import SamplingSpec
-from serve_app.engine import vllm_compat
+from serve_app import vllm_compat
 
 
-def output(completions: list[CompletionOutput]) -> RequestOutput:
-    return RequestOutput(
-        request_id="r",
-        prompt=None,
-        prompt_token_ids=[1, 2],
-        prompt_logprobs=None,
-        outputs=completions,
-        finished=any(c.finish_reason for c in completions),
+def choice(index: int, text: str, ids: list[int], finish: str | None = None) -> CompletionOutput:
+    return CompletionOutput(index, text, ids, None, None, finish_reason=finish)
+
+
+def output(*choices: CompletionOutput, finished: bool = False) -> RequestOutput:
+    return RequestOutput("r", None, [1, 2], None, list(choices), finished=finished)
+
+
+def test_deltas_merge_choice_by_choice_into_the_first_output() -> None:
+    head = output(choice(1, "B", [21]))
+    merged = vllm_compat.merge_outputs(head, output(choice(0, "a", [10]), choice(1, "b", [22])))
+    merged = vllm_compat.merge_outputs(
+        merged, output(choice(0, "c", [11], "stop"), choice(1, "", [], "length"), finished=True)
     )
-
-
-def test_sampling_params_stream_deltas_with_every_setting() -> None:
-    spec = SamplingSpec(
-        max_tokens=9, n=2, temperature=0.3, top_p=0.8, seed=5, stop=("a",), logprobs=2, top_k=7
-    )
-    params = vllm_compat.sampling_params(spec)
-    assert params.output_kind == RequestOutputKind.DELTA
-    assert (params.max_tokens, params.n, params.temperature, params.top_p) == (9, 2, 0.3, 0.8)
-    assert (params.seed, params.stop, params.logprobs, params.top_k) == (5, ["a"], 2, 7)
-
-
-def test_chunk_carries_text_token_count_and_finish_reason() -> None:
-    completion = CompletionOutput(
-        index=1,
-        text=" Paris",
-        token_ids=[7042],
-        cumulative_logprob=None,
-        logprobs=None,
-        finish_reason="stop",
-    )
-    chunk = vllm_compat.to_chunk(output([completion]), num_logprobs=None)
-    (delta,) = chunk.choices
-    assert (delta.index, delta.text, delta.num_tokens, delta.finish_reason) == (
-        1,
-        " Paris",
-        1,
-        "stop",
-    )
-    assert delta.logprobs is None
-
-
-def test_logprobs_list_the_sampled_token_and_ranked_alternatives() -> None:
-    position = {
-        5: Logprob(logprob=-2.0, rank=3, decoded_token="c"),
-        1: Logprob(logprob=-0.1, rank=1, decoded_token="a"),
-        2: Logprob(logprob=-1.0, rank=2, decoded_token="b"),
+    assert merged is head and merged.finished
+    assert {c.index: (c.text, list(c.token_ids), c.finish_reason) for c in merged.outputs} == {
+        0: ("ac", [10, 11], "stop"),
+        1: ("Bb", [21, 22], "length"),
     }
-    completion = CompletionOutput(
-        index=0,
-        text="c",
-        token_ids=[5],
-        cumulative_logprob=None,
-        logprobs=[position],
-        finish_reason=None,
-    )
-    (delta,) = vllm_compat.to_chunk(output([completion]), num_logprobs=2).choices
-    (token,) = delta.logprobs
-    assert (token.token, token.logprob) == ("c", -2.0)
-    assert [(t.token, t.logprob) for t in token.top] == [("a", -0.1), ("b", -1.0)]
+    assert [c.index for c in vllm_compat.sorted_choices(merged).outputs] == [0, 1]
+    assert vllm_compat.new_tokens(merged) == 4
+    assert vllm_compat.choices_with_tokens(output(choice(0, "", []), choice(1, "x", [5]))) == 1
 
 
-def test_infinite_logprobs_become_finite() -> None:
-    position = {3: Logprob(logprob=float("-inf"), rank=9, decoded_token="z")}
-    completion = CompletionOutput(
-        index=0,
-        text="z",
-        token_ids=[3],
-        cumulative_logprob=None,
-        logprobs=[position],
-        finish_reason=None,
-    )
-    (delta,) = vllm_compat.to_chunk(output([completion]), num_logprobs=0).choices
-    assert delta.logprobs[0].logprob == -9999.0
-    assert delta.logprobs[0].top == []
+def test_a_finished_choice_is_seen_before_the_request_finishes() -> None:
+    assert vllm_compat.finished_choice(output(choice(0, "x", [1], "stop")))
+    assert not vllm_compat.finished_choice(output(choice(0, "x", [1])))
+
+
+def test_errors_come_out_as_vllms_server_renders_them() -> None:
+    status, message, _ = vllm_compat.error_fields(vllm_compat.error_response(ValueError("bad")))
+    assert (status, message) == (400, "bad")
+    status, _, _ = vllm_compat.error_fields(vllm_compat.error_response(RuntimeError("boom")))
+    assert status == 500
+
+
+def test_constructor_arguments_a_version_lacks_are_left_out() -> None:
+    class Old:
+        def __init__(self, a: int, *, b: int = 0) -> None:
+            self.a, self.b = a, b
+
+    built = vllm_compat._construct(Old, 1, b=2, tool_strict_level="auto")
+    assert (built.a, built.b) == (1, 2)
 
 
 def test_local_kv_cache_usage_reads_the_engine_gauge_of_this_process() -> None:

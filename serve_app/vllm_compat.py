@@ -1,0 +1,332 @@
+"""The one module that imports vLLM: every version difference lives here (vLLM 0.26 on the GPU
+test machine, 0.32 in CI).
+
+Engine side: creating an `AsyncLLM` and reading its limits. API side: vLLM's own OpenAI
+serving classes (chat, completions, responses, models, tokenization), built over any object
+with the surface of vLLM's `EngineClient` that they use (`LLMServerClient` in the ingress,
+whose `generate` runs on an LLM-server replica). Between the two: `EngineRequest`, what the
+ingress sends to the LLM server, and `merge_outputs`, the one way to merge a request's DELTA
+outputs.
+"""
+
+import inspect
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import vllm
+from packaging.version import Version
+from prometheus_client import REGISTRY
+from vllm import AsyncEngineArgs, SamplingParams
+from vllm.entrypoints.openai.chat_completion.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+)
+from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
+from vllm.entrypoints.openai.completion.protocol import CompletionRequest, CompletionResponse
+from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
+from vllm.entrypoints.openai.models.protocol import BaseModelPath
+from vllm.entrypoints.openai.models.serving import OpenAIServingModels
+from vllm.entrypoints.openai.responses.protocol import ResponsesRequest, ResponsesResponse
+from vllm.entrypoints.openai.responses.serving import OpenAIServingResponses
+from vllm.entrypoints.serve.tokenize.protocol import (
+    DetokenizeRequest,
+    DetokenizeResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+)
+from vllm.entrypoints.serve.tokenize.serving import ServingTokenization
+from vllm.outputs import RequestOutput
+from vllm.renderers import renderer_from_config
+from vllm.renderers.online_renderer import OnlineRenderer
+from vllm.sampling_params import RequestOutputKind
+from vllm.usage.usage_lib import UsageContext
+from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.engine.input_processor import InputProcessor
+from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
+
+VLLM_VERSION = Version(vllm.__version__.split("+")[0])
+
+if VLLM_VERSION.release >= (0, 32):
+    from vllm.entrypoints.serve import create_error_response
+    from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+    from vllm.exceptions import VLLMClientError as _RequestError
+    from vllm.renderers.chat_utils import load_chat_template
+else:  # 0.26: request errors are ValueErrors (VLLMValidationError among them)
+    from vllm.entrypoints.chat_utils import load_chat_template  # type: ignore[no-redef]
+    from vllm.entrypoints.openai.engine.protocol import ErrorResponse  # type: ignore[no-redef]
+    from vllm.entrypoints.serve.utils.error_response import (  # type: ignore[no-redef]
+        create_error_response,
+    )
+    from vllm.exceptions import VLLMValidationError as _RequestError  # type: ignore[assignment]
+
+__all__ = [
+    "ChatCompletionRequest",
+    "ChatCompletionResponse",
+    "CompletionRequest",
+    "CompletionResponse",
+    "DetokenizeRequest",
+    "DetokenizeResponse",
+    "ErrorResponse",
+    "RequestOutput",
+    "ResponsesRequest",
+    "ResponsesResponse",
+    "SamplingParams",
+    "TokenizeRequest",
+    "TokenizeResponse",
+]
+
+# What vLLM raises for a request it refuses (bad parameters, unknown token ids...).
+REQUEST_ERRORS: tuple[type[Exception], ...] = (ValueError, _RequestError)
+
+EngineMetrics = Literal["ray", "local", "off"]
+_KV_CACHE_USAGE = "vllm:kv_cache_usage_perc"
+
+
+# ---- the engine ----------------------------------------------------------------------------
+
+
+class EngineFactory(Protocol):
+    """Makes the engine of an LLM-server replica: `create_engine`, or a fake in unit tests."""
+
+    def __call__(
+        self,
+        engine_kwargs: Mapping[str, Any],
+        placement_group: Any = None,
+        metrics: EngineMetrics = "ray",
+    ) -> AsyncLLM: ...
+
+
+def create_engine(
+    engine_kwargs: Mapping[str, Any],
+    placement_group: Any = None,
+    metrics: EngineMetrics = "ray",
+) -> AsyncLLM:
+    """Start an AsyncLLM; a tensor-parallel engine places its Ray workers in `placement_group`.
+
+    `metrics`: "ray" sends vLLM's own metrics out through Ray's metrics agent (as
+    `ray_vllm_*`); "local" keeps vLLM's default loggers, its Prometheus metrics in this
+    process's registry (see `local_kv_cache_usage`); "off" records none.
+    """
+    vllm_config = AsyncEngineArgs(**engine_kwargs).create_engine_config(
+        UsageContext.OPENAI_API_SERVER
+    )
+    if placement_group is not None:
+        vllm_config.parallel_config.placement_group = placement_group
+    return AsyncLLM.from_vllm_config(
+        vllm_config,
+        usage_context=UsageContext.OPENAI_API_SERVER,
+        stat_loggers=[RayPrometheusStatLogger] if metrics == "ray" else None,
+        disable_log_stats=metrics == "off",
+    )
+
+
+def local_kv_cache_usage() -> float | None:
+    """The fraction of KV blocks in use, as a "local"-metrics engine of this process last
+    reported it (`vllm:kv_cache_usage_perc`); None before its first report."""
+    for metric in REGISTRY.collect():
+        if metric.name == _KV_CACHE_USAGE:
+            return max((sample.value for sample in metric.samples), default=None)
+    return None
+
+
+def kv_cache_tokens(engine: AsyncLLM) -> int:
+    """How many tokens the engine's paged KV cache holds (blocks x block size)."""
+    cache = engine.vllm_config.cache_config
+    return int((cache.num_gpu_blocks or 0) * cache.block_size)
+
+
+def gpu_memory_utilization(engine: AsyncLLM) -> float:
+    return float(engine.vllm_config.cache_config.gpu_memory_utilization)
+
+
+def max_logprobs(engine: AsyncLLM) -> int:
+    return int(engine.model_config.max_logprobs)
+
+
+def max_model_len(engine: AsyncLLM) -> int:
+    return int(engine.model_config.max_model_len)
+
+
+# ---- between the ingress and the LLM server ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    """One `generate` call of vLLM's serving classes, as the ingress sends it to an LLM server.
+
+    `params` always asks for DELTA outputs; `collect` says the client reads only the final
+    output (a non-streamed response), so the LLM server may merge everything after the first.
+    """
+
+    prompt: Any
+    params: SamplingParams
+    request_id: str
+    options: dict[str, Any] = field(default_factory=dict)
+    collect: bool = False
+    dispatched_at: float = field(default_factory=time.time)
+
+
+def engine_request(
+    prompt: Any, params: SamplingParams, request_id: str, options: dict[str, Any]
+) -> EngineRequest:
+    """The request for `AsyncLLM.generate(prompt, params, request_id, **options)` as the
+    serving classes call it: outputs streamed as deltas, collected when they asked for the
+    final one only."""
+    collect = params.output_kind == RequestOutputKind.FINAL_ONLY
+    if collect:
+        params = params.clone()
+        params.output_kind = RequestOutputKind.DELTA
+    return EngineRequest(prompt, params, request_id, options, collect)
+
+
+def merge_outputs(head: RequestOutput, later: RequestOutput) -> RequestOutput:
+    """`head` with `later`'s deltas appended (choice by choice); returns `head`."""
+    head.add(later, aggregate=True)
+    head.metrics = later.metrics
+    return head
+
+
+def new_tokens(output: RequestOutput) -> int:
+    """Tokens a DELTA output carries, over all its choices."""
+    return sum(len(choice.token_ids) for choice in output.outputs)
+
+
+def choices_with_tokens(output: RequestOutput) -> int:
+    return sum(1 for choice in output.outputs if choice.token_ids)
+
+
+def finished_choice(output: RequestOutput) -> bool:
+    return output.finished or any(choice.finish_reason for choice in output.outputs)
+
+
+def sorted_choices(output: RequestOutput) -> RequestOutput:
+    """The output with its choices in index order, as a FINAL_ONLY output has them."""
+    output.outputs.sort(key=lambda choice: choice.index)
+    return output
+
+
+# ---- vLLM's OpenAI serving classes ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OpenAISettings:
+    """What `vllm serve` takes as flags for its OpenAI layer (`--chat-template`,
+    `--tool-call-parser`, `--enable-auto-tool-choice`, `--reasoning-parser`, ...)."""
+
+    served_name: str
+    model_path: str
+    chat_template: str | None = None
+    chat_template_content_format: str = "auto"
+    tool_call_parser: str | None = None
+    enable_auto_tool_choice: bool = False
+    reasoning_parser: str | None = None
+    response_role: str = "assistant"
+
+
+@dataclass(frozen=True)
+class OpenAIServing:
+    """vLLM's serving objects of one model, over one engine client."""
+
+    models: OpenAIServingModels
+    chat: OpenAIServingChat
+    completion: OpenAIServingCompletion
+    responses: OpenAIServingResponses
+    tokenization: ServingTokenization
+
+
+def engine_client_parts(vllm_config: Any) -> dict[str, Any]:
+    """The attributes vLLM's serving classes read off an engine client at construction, built
+    as `AsyncLLM` builds them: the config, the renderer (tokenizer and chat template), the
+    input processor."""
+    renderer = renderer_from_config(vllm_config)
+    return {
+        "vllm_config": vllm_config,
+        "model_config": vllm_config.model_config,
+        "renderer": renderer,
+        "input_processor": InputProcessor(vllm_config, renderer),
+    }
+
+
+def build_openai_serving(engine_client: Any, settings: OpenAISettings) -> OpenAIServing:
+    """vLLM's serving classes as `vllm serve` builds them with these flags."""
+    template = load_chat_template(settings.chat_template) if settings.chat_template else None
+    parsers = {
+        "enable_auto_tools": settings.enable_auto_tool_choice,
+        "tool_parser": settings.tool_call_parser,
+        "reasoning_parser": settings.reasoning_parser or "",
+    }
+    rendering = {
+        "request_logger": None,
+        "chat_template": template,
+        "chat_template_content_format": settings.chat_template_content_format,
+    }
+    models = OpenAIServingModels(
+        engine_client,
+        [BaseModelPath(name=settings.served_name, model_path=settings.model_path)],
+    )
+    online_renderer = _construct(
+        OnlineRenderer,
+        engine_client.model_config,
+        engine_client.renderer,
+        **rendering,
+        **parsers,
+    )
+    return OpenAIServing(
+        models=models,
+        chat=_construct(
+            OpenAIServingChat,
+            engine_client,
+            models,
+            settings.response_role,
+            online_renderer=online_renderer,
+            **rendering,
+            **parsers,
+        ),
+        completion=_construct(
+            OpenAIServingCompletion,
+            engine_client,
+            models,
+            online_renderer=online_renderer,
+            request_logger=None,
+        ),
+        responses=_construct(
+            OpenAIServingResponses,
+            engine_client,
+            models,
+            online_renderer,
+            tool_server=None,
+            **rendering,
+            **parsers,
+        ),
+        tokenization=_construct(
+            ServingTokenization,
+            models,
+            online_renderer,
+            chat_template=template,
+            chat_template_content_format=settings.chat_template_content_format,
+        ),
+    )
+
+
+def _construct(cls: type, *args: Any, **kwargs: Any) -> Any:
+    """`cls(*args, **kwargs)` without the keyword arguments its version does not take."""
+    parameters = inspect.signature(cls.__init__).parameters
+    known = {name: value for name, value in kwargs.items() if name in parameters}
+    return cls(*args, **known)
+
+
+def error_response(exc: Exception) -> ErrorResponse:
+    """What vLLM's own server answers for an exception its serving classes raised."""
+    return create_error_response(exc)
+
+
+def is_vllm_error(exc: Exception) -> bool:
+    """Raised by vLLM itself (its request models' checks raise outside pydantic's errors)."""
+    return type(exc).__module__.split(".")[0] == "vllm"
+
+
+def error_fields(error: ErrorResponse) -> tuple[int, str, str | None]:
+    """(status, message, param) of vLLM's error body."""
+    return int(error.error.code), str(error.error.message), error.error.param
