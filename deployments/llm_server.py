@@ -82,6 +82,7 @@ class LLMServer:
         self._metrics.queue_wait.observe(max(0.0, time.time() - request.dispatched_at))
         pending = PendingOutput(request.collect)
         factors = MergeFactors()
+        first = True
         try:
             stream = self._engine.generate(
                 request.prompt, request.params, request.request_id, **request.options
@@ -91,14 +92,16 @@ class LLMServer:
                 factors.from_engine(output)
                 pending.add(output)
                 if pending.ready(self._pacer.tokens_per_chunk):
-                    yield factors.sent(pending.take())
+                    chunk = pending.take()
+                    yield factors.sent(chunk if first else vllm_compat.without_prompt(chunk))
+                    first = False
         except vllm_compat.REQUEST_ERRORS as exc:  # vLLM refused this request only.
             raise invalid_request(str(exc)) from None
         except (asyncio.CancelledError, GeneratorExit):  # vLLM's generate aborts it on the way
             self._metrics.cancellations.inc()
             raise
         if (rest := pending.take()) is not None:
-            yield factors.sent(rest)
+            yield factors.sent(rest if first else vllm_compat.without_prompt(rest))
         self._metrics.stream_finished(factors.ratios())
 
     async def engine_config(self) -> Any:

@@ -201,6 +201,7 @@ class InProcessHandle:
     def __init__(self, server: Any) -> None:
         self._server = server
         self.sent = 0
+        self.with_prompt: list[bool] = []  # per output sent: did it carry the prompt?
 
     def options(self, **_: Any) -> "InProcessHandle":
         return self
@@ -213,4 +214,5 @@ class InProcessHandle:
     async def _counted_generate(self, request: Any) -> AsyncIterator[Any]:
         async for output in self._server.generate(request):
             self.sent += 1
+            self.with_prompt.append(output.prompt_token_ids is not None)
             yield output

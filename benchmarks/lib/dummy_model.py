@@ -14,7 +14,7 @@ from pathlib import Path
 
 from serve_app.core.default_model import prepare_default_model
 
-CONFIG = Path(__file__).with_name("models") / "llama3-8b-shape.json"
+CONFIG = Path(__file__).resolve().parents[1] / "models" / "llama3-8b-shape.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 

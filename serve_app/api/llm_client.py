@@ -31,6 +31,7 @@ from serve_app.vllm_compat import (
     merge_outputs,
     new_tokens,
     sorted_choices,
+    with_prompt,
 )
 
 
@@ -101,10 +102,13 @@ class LLMServerClient:
         self, request: EngineRequest, record: RequestRecord | None
     ) -> AsyncIterator[RequestOutput]:
         response = self._stream_handle.generate.remote(request)
+        first: RequestOutput | None = None
         try:
             with _openai_errors(record):
                 async for output in response:
-                    yield output
+                    # The LLM server sends the prompt with the first output only.
+                    yield output if first is None else with_prompt(output, first)
+                    first = first or output
         except (GeneratorExit, asyncio.CancelledError):  # the consumer left: abort the request
             response.cancel()
             raise

@@ -23,11 +23,18 @@ def test_a_grpc_failure_of_the_hop_is_a_503_that_names_its_code(code: grpc.Statu
     assert code.name in raised.value.message
 
 
+def _output(text: str) -> SimpleNamespace:
+    """An output as the LLM server sends it: the prompt with the first only."""
+    first = text == "a"
+    return SimpleNamespace(text=text, prompt="p" if first else None, prompt_token_ids=None)
+
+
 class _Response:
     """A stand-in for Serve's streaming response: yields `chunks`, then raises `error`."""
 
     def __init__(self, chunks: list[str], error: BaseException | None = None) -> None:
-        self._chunks, self._error, self.cancelled = iter(chunks), error, False
+        self._chunks = iter([_output(c) for c in chunks])
+        self._error, self.cancelled = error, False
 
     def __aiter__(self) -> "_Response":
         return self
@@ -59,7 +66,8 @@ async def _read(client: LLMServerClient, limit: int | None = None) -> list[str]:
     stream = client._stream(None, None)  # type: ignore[arg-type]
     chunks = []
     async for chunk in stream:
-        chunks.append(chunk)
+        assert chunk.prompt == "p"  # put back on every output
+        chunks.append(chunk.text)
         if len(chunks) == limit:
             await stream.aclose()
             break

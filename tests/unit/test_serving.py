@@ -328,3 +328,18 @@ def test_a_request_refused_before_the_engine_is_an_openai_error(
     error = raised.value
     assert (error.status_code, error.type) == (status, "invalid_request_error")
     assert error.code == code and (param is None or error.param == param)
+
+
+def test_the_prompt_travels_with_a_streams_first_output_only(model: Path) -> None:
+    async def scenario() -> tuple[Any, list[bool]]:
+        s = await stack(model)
+        request = completion(
+            s.name, prompt=[11, 12, 13], max_tokens=5, stream=True, echo=True,
+            stream_options={"include_usage": True, "continuous_usage_stats": True},
+        )  # fmt: skip
+        return await body(await s.api.completion(request, None)), s.handle.with_prompt
+
+    events, with_prompt = run(scenario())
+    assert with_prompt == [True, False, False, False, False]
+    usages = [event["usage"]["prompt_tokens"] for event in events[:-1] if event.get("usage")]
+    assert usages and set(usages) == {3}  # every chunk still knows the prompt
