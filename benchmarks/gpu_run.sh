@@ -25,8 +25,8 @@
 # loop-stall: a streaming client's chunk gaps while others send oversized prompts, our app then
 #          bare vLLM (benchmarks/serving/loop_stall.py; on 2 CPU cores CPU contention hid the
 #          effect).
-# The device's copy of the tree has no .git: export GIT_COMMIT=<the commit it holds> so that
-# the result JSONs record it (benchmarks/lib/report.py).
+# The device's copy of the tree may carry a stale .git: export GIT_COMMIT=<the commit it
+# holds> so that the result JSONs record the right one (benchmarks/lib/report.py).
 # On the device tool, which brings back at most 8 files, run it on a folder of /tmp and pack
 # that into $OUT afterwards (also when a time limit stops it):
 #   timeout 540 bash benchmarks/gpu_run.sh compare /tmp/r/compare; tar -czf $OUT/r.tgz -C /tmp r

@@ -25,8 +25,8 @@ if TYPE_CHECKING:
 _GIB = 1024**3
 DPI = 110
 RESULTS = Path(__file__).resolve().parents[1] / "results"
-# Where the source tree is not a git checkout (the GPU machine gets a copy of the files), the
-# caller names the commit in this variable.
+# Where the source tree is a copy (the GPU machine's, whose .git may be the session's first
+# commit), the caller names the commit in this variable.
 ENV_COMMIT = "GIT_COMMIT"
 
 
@@ -57,13 +57,16 @@ def provenance(
 
 
 def commit() -> str | None:
-    """The checked-out commit (with '+dirty' for uncommitted changes), else $GIT_COMMIT."""
+    """$GIT_COMMIT where the caller names it (a copy of the tree may carry a stale .git),
+    else the checked-out commit, with '+dirty' for uncommitted changes."""
+    if named := os.environ.get(ENV_COMMIT):
+        return named
     root = Path(__file__).resolve().parents[2]
     try:
         head = _git(root, "rev-parse", "HEAD")
         dirty = bool(_git(root, "status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get(ENV_COMMIT)
+        return None
     return f"{head}+dirty" if dirty else head
 
 
