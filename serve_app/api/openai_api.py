@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from serve_app.api.llm_client import LLMServerClient
-from serve_app.api.prompts import OversizeGuard, message_texts, prompt_texts
+from serve_app.api.prompts import OversizeGuard, request_texts
 from serve_app.api.record import RequestRecord, open_record
 from serve_app.api.sse import SSEResponse
 from serve_app.core.constants import CHAT_ROUTE, COMPLETIONS_ROUTE, RESPONSES_ROUTE
@@ -82,27 +82,34 @@ class OpenAIAPI:
     # ---- generation ------------------------------------------------------------------------
 
     async def chat(self, request: ChatCompletionRequest, raw: Request) -> Response:
-        serving, guard = await self._serving()
-        guard.check(message_texts(request.messages), "messages")
-        record = open_record(CHAT_ROUTE)
-        result = await self._call(record, serving.chat.create_chat_completion(request, raw))
-        return await self._respond(record, result, with_stats=True)
+        return await self._generate(
+            CHAT_ROUTE, request, lambda serving: serving.chat.create_chat_completion(request, raw)
+        )
 
     async def completion(self, request: CompletionRequest, raw: Request) -> Response:
-        serving, guard = await self._serving()
-        guard.check(prompt_texts(request.prompt), "prompt")
-        record = open_record(COMPLETIONS_ROUTE)
-        result = await self._call(record, serving.completion.create_completion(request, raw))
-        return await self._respond(record, result, with_stats=True)
+        return await self._generate(
+            COMPLETIONS_ROUTE,
+            request,
+            lambda serving: serving.completion.create_completion(request, raw),
+        )
 
     async def responses(self, request: ResponsesRequest, raw: Request) -> Response:
+        return await self._generate(
+            RESPONSES_ROUTE,
+            request,
+            lambda serving: serving.responses.create_responses(request, raw),
+        )
+
+    async def _generate(
+        self, route: str, request: Any, create: Callable[[OpenAIServing], Awaitable[Any]]
+    ) -> Response:
+        """Refuse a prompt too long to fit unread, then ask vLLM's serving class for the
+        response, recorded under `route`."""
         serving, guard = await self._serving()
-        items = request.input if isinstance(request.input, list) else []
-        texts = [request.input] if isinstance(request.input, str) else []
-        guard.check([*texts, *message_texts(items), request.instructions or ""], "input")
-        record = open_record(RESPONSES_ROUTE)
-        result = await self._call(record, serving.responses.create_responses(request, raw))
-        return await self._respond(record, result, with_stats=False)
+        guard.check(*request_texts(request))
+        record = open_record(route)
+        result = await self._call(record, create(serving))
+        return await self._respond(record, result)
 
     async def _call(self, record: RequestRecord, call: Awaitable[Any]) -> Any:
         """The serving class's answer; what it raised or answered as an error, an OpenAIError."""
@@ -121,11 +128,11 @@ class OpenAIAPI:
             raise error
         return result
 
-    async def _respond(self, record: RequestRecord, result: Any, with_stats: bool) -> Response:
+    async def _respond(self, record: RequestRecord, result: Any) -> Response:
         if isinstance(result, BaseModel):
             record.finish(self._metrics, "ok")
             body = result.model_dump()
-            if with_stats:
+            if record.route != RESPONSES_ROUTE:  # chat and completions: the guide's block
                 body["vllm_stats"] = record.stats().model_dump()
             return JSONResponse(body)
         if record.route == RESPONSES_ROUTE:

@@ -39,6 +39,7 @@ class OversizeGuard:
         self._max_model_len = max_model_len
 
     def check(self, texts: Iterable[str], param: str) -> None:
+        """Refuse `texts` (the prompt named `param`) if no context could hold them."""
         if self._max_token_chars is None:
             return
         chars = sum(map(len, texts))
@@ -70,3 +71,13 @@ def prompt_texts(prompt: Any) -> Iterable[str]:
         yield prompt
     elif isinstance(prompt, list):
         yield from (item for item in prompt if isinstance(item, str))
+
+
+def request_texts(request: Any) -> tuple[list[str], str]:
+    """The texts of a chat, completion or Responses request, and the parameter they are."""
+    if hasattr(request, "messages"):
+        return list(message_texts(request.messages)), "messages"
+    if hasattr(request, "prompt"):
+        return list(prompt_texts(request.prompt)), "prompt"
+    items = request.input if isinstance(request.input, list) else [{"content": request.input}]
+    return [*message_texts(items), request.instructions or ""], "input"

@@ -7,7 +7,13 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from serve_app.api.prompts import OversizeGuard, max_token_chars, message_texts, prompt_texts
+from serve_app.api.prompts import (
+    OversizeGuard,
+    max_token_chars,
+    message_texts,
+    prompt_texts,
+    request_texts,
+)
 from serve_app.core.errors import OpenAIError
 
 # Texts for the byte-level tokenizer: seen words, unseen ones, long runs, accents, emoji.
@@ -96,3 +102,13 @@ def test_the_texts_of_a_completion_prompt_skip_token_ids() -> None:
     assert list(prompt_texts(["a", "bc"])) == ["a", "bc"]
     assert list(prompt_texts([1, 2, 3])) == []
     assert list(prompt_texts([[1, 2], [3]])) == []
+
+
+def test_the_texts_of_each_kind_of_request_name_their_parameter() -> None:
+    chat = SimpleNamespace(messages=[{"role": "user", "content": "abc"}])
+    assert request_texts(chat) == (["abc"], "messages")
+    assert request_texts(SimpleNamespace(prompt=["a", "bc"])) == (["a", "bc"], "prompt")
+    responses = SimpleNamespace(input="abc", instructions="be brief")
+    assert request_texts(responses) == (["abc", "be brief"], "input")
+    items = SimpleNamespace(input=[{"role": "user", "content": "de"}], instructions=None)
+    assert request_texts(items) == (["de", ""], "input")
