@@ -76,14 +76,17 @@ class OpenAIIngress:
 
     @app.post(CHAT_ROUTE, response_model=ChatCompletionResponse)
     async def chat_completions(self, body: ChatCompletionRequest, request: Request) -> Response:
+        await self._health.require_replica()
         return await self._api.chat(body, request)
 
     @app.post(COMPLETIONS_ROUTE, response_model=CompletionResponse)
     async def completions(self, body: CompletionRequest, request: Request) -> Response:
+        await self._health.require_replica()
         return await self._api.completion(body, request)
 
     @app.post(RESPONSES_ROUTE, response_model=ResponsesResponse)
     async def responses(self, body: ResponsesRequest, request: Request) -> Response:
+        await self._health.require_replica()
         return await self._api.responses(body, request)
 
     @app.post(TOKENIZE_ROUTE)

@@ -43,6 +43,7 @@ from vllm.renderers.online_renderer import OnlineRenderer
 from vllm.sampling_params import RequestOutputKind
 from vllm.usage.usage_lib import UsageContext
 from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.engine.exceptions import EngineDeadError
 from vllm.v1.engine.input_processor import InputProcessor
 from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
 
@@ -79,6 +80,8 @@ __all__ = [
 
 # What vLLM raises for a request it refuses (bad parameters, unknown token ids...).
 REQUEST_ERRORS: tuple[type[Exception], ...] = (ValueError, _RequestError)
+# What `generate` raises once the engine process is gone (every request in flight gets it).
+ENGINE_DEAD_ERRORS: tuple[type[Exception], ...] = (EngineDeadError,)
 
 EngineMetrics = Literal["ray", "local", "off"]
 _KV_CACHE_USAGE = "vllm:kv_cache_usage_perc"
@@ -120,6 +123,21 @@ def create_engine(
         stat_loggers=[RayPrometheusStatLogger] if metrics == "ray" else None,
         disable_log_stats=metrics == "off",
     )
+
+
+def engine_dead(engine: AsyncLLM) -> bool:
+    """The engine's process died (vLLM's monitor thread saw it) or its output loop ended."""
+    return bool(engine.errored)
+
+
+def kill_engine_processes(engine: AsyncLLM) -> int:
+    """SIGKILL the engine's core processes (a hung engine): vLLM's monitor then marks it dead
+    and every request in flight gets `EngineDeadError`. Returns how many were signalled."""
+    manager = getattr(engine.engine_core.resources, "engine_manager", None)
+    alive = [process for process in getattr(manager, "processes", ()) if process.is_alive()]
+    for process in alive:
+        process.kill()
+    return len(alive)
 
 
 def local_kv_cache_usage() -> float | None:

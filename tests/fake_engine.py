@@ -16,6 +16,7 @@ import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -24,6 +25,7 @@ from vllm import AsyncEngineArgs, SamplingParams
 from vllm.logprobs import Logprob
 from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.usage.usage_lib import UsageContext
+from vllm.v1.engine.exceptions import EngineDeadError
 
 from deployments.llm_server import LLMServer
 from serve_app.core.config import AppConfig
@@ -78,20 +80,38 @@ def tiny_model(folder: Path) -> Path:
     return folder
 
 
+class FakeEngineProcess:
+    """The engine-core process as vLLM's process manager holds it: `kill()` ends the engine."""
+
+    def __init__(self, engine: "FakeEngine") -> None:
+        self._engine = engine
+
+    def is_alive(self) -> bool:
+        return not self._engine.errored
+
+    def kill(self) -> None:
+        self._engine.die()
+
+
 @dataclass
 class FakeEngine:
     """Stands in for `AsyncLLM`: `step_s` between steps; with `fail_at_step`, the request is
-    refused (a ValueError, as vLLM raises) when it reaches that step; with `script`, every
-    choice says these vocabulary entries, one per step, instead of made-up words."""
+    refused (a ValueError, as vLLM raises) when it reaches that step; with `die_at_step`, the
+    engine process dies there (every request gets `EngineDeadError`, as vLLM's do); with
+    `hang_at_step`, the step never returns until the engine process is killed; with `script`,
+    every choice says these vocabulary entries, one per step, instead of made-up words."""
 
     engine_kwargs: Mapping[str, Any]
     placement_group: Any = None
     metrics: str = "off"
     step_s: float = 0.0
     fail_at_step: int | None = None
+    die_at_step: int | None = None
+    hang_at_step: int | None = None
     script: list[str] | None = None
     requests: list[str] = field(default_factory=list)
     aborted: list[str] = field(default_factory=list)
+    errored: bool = False
 
     def __post_init__(self) -> None:
         args = AsyncEngineArgs(
@@ -104,6 +124,13 @@ class FakeEngine:
         self.vllm_config.cache_config.num_gpu_blocks = 64
         self.model_config = self.vllm_config.model_config
         self._vocab = AutoTokenizer.from_pretrained(self.engine_kwargs["model"]).get_vocab()
+        self._died = asyncio.Event()
+        manager = SimpleNamespace(processes=[FakeEngineProcess(self)])
+        self.engine_core = SimpleNamespace(resources=SimpleNamespace(engine_manager=manager))
+
+    def die(self) -> None:
+        self.errored = True
+        self._died.set()
 
     @classmethod
     def factory(cls, **options: Any) -> Any:
@@ -121,6 +148,12 @@ class FakeEngine:
             for step in range(min(steps, params.max_tokens)):
                 if self.step_s:
                     await asyncio.sleep(self.step_s)
+                if step == self.die_at_step:
+                    self.die()
+                if step == self.hang_at_step:
+                    await self._died.wait()
+                if self.errored:
+                    raise EngineDeadError()
                 if step == self.fail_at_step:
                     raise ValueError(f"fake refusal at step {step}")
                 last = step == min(steps, params.max_tokens) - 1
@@ -154,17 +187,24 @@ class FakeEngine:
         )
 
     async def check_health(self) -> None:
-        return None
+        if self.errored:
+            raise EngineDeadError()
 
     def shutdown(self) -> None:
         return None
 
 
-async def start_llm_server(config: AppConfig, **engine_options: Any) -> tuple[Any, FakeEngine]:
-    """An `LLMServer` (the class behind the Serve deployment) on a FakeEngine, and the engine."""
+async def start_llm_server(
+    config: AppConfig, exits: list[bool] | None = None, **engine_options: Any
+) -> tuple[Any, FakeEngine]:
+    """An `LLMServer` (the class behind the Serve deployment) on a FakeEngine, and the engine;
+    the server's process exits are appended to `exits` instead of happening."""
     cls = LLMServer.func_or_class
     server = cls.__new__(cls)
-    await server.__init__(config, "cpu", FakeEngine.factory(**engine_options))
+    exit_replica = (exits if exits is not None else []).append
+    await server.__init__(
+        config, "cpu", FakeEngine.factory(**engine_options), lambda: exit_replica(True)
+    )
     return server, server._engine
 
 

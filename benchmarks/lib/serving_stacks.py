@@ -229,7 +229,7 @@ def our_config(setup: EngineSetup, options: OurAppOptions) -> ServeDeploySchema:
         "autoscaling_config": {"min_replicas": options.replicas, "max_replicas": options.replicas}
     }
     if options.live_settings is not None:
-        llm["user_config"] = options.live_settings.model_dump()
+        llm["user_config"] = options.live_settings.model_dump(exclude_unset=True)
     ingress: dict[str, Any] = {}
     if options.ingress_replicas is not None:
         ingress["num_replicas"] = options.ingress_replicas

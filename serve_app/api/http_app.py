@@ -73,4 +73,6 @@ def error_response(request: Request, error: OpenAIError) -> JSONResponse:
     if metrics is not None:
         route = getattr(request.scope.get("route"), "path", UNMATCHED_ROUTE)
         metrics.record_error(route, error.type)
-    return JSONResponse(error.response_body().model_dump(), status_code=error.status_code)
+    return JSONResponse(
+        error.response_body().model_dump(), status_code=error.status_code, headers=error.headers()
+    )

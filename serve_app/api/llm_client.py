@@ -5,7 +5,10 @@ runs on an LLM-server replica.
 Token streams go over Serve's gRPC channel between replicas by default: every output is one
 gRPC message, pickled, instead of one Ray object reported through the actor-task streaming
 generator, which costs 2 to 7 times more per chunk (benchmarks/serving/stream_transport.py).
-Every failure of the hop comes out as an `OpenAIError`.
+Every failure of the hop comes out as an `OpenAIError`. A request that fails before its first
+output because its replica failed (engine dead or stalled, actor gone) is sent again, up to
+`REPLICA_RETRIES` times: nothing was generated yet, and Serve's router drops a failed replica
+as soon as the controller has replaced it.
 """
 
 import asyncio
@@ -20,7 +23,13 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.api.record import RequestRecord, current_record
 from serve_app.core.config import EngineTransport
-from serve_app.core.errors import OpenAIError, internal_error, service_unavailable
+from serve_app.core.errors import (
+    ENGINE_FAILED_CODE,
+    REPLICA_UNAVAILABLE_CODE,
+    OpenAIError,
+    internal_error,
+    service_unavailable,
+)
 from serve_app.core.payloads import EngineStats, ModelInfo
 from serve_app.vllm_compat import (
     EngineRequest,
@@ -33,6 +42,9 @@ from serve_app.vllm_compat import (
     sorted_choices,
     with_prompt,
 )
+
+REPLICA_RETRIES = 2
+_REPLICA_FAILED = frozenset({ENGINE_FAILED_CODE, REPLICA_UNAVAILABLE_CODE})
 
 
 class LLMServerClient:
@@ -101,17 +113,26 @@ class LLMServerClient:
     async def _stream(
         self, request: EngineRequest, record: RequestRecord | None
     ) -> AsyncIterator[RequestOutput]:
-        response = self._stream_handle.generate.remote(request)
-        first: RequestOutput | None = None
-        try:
-            with _openai_errors(record):
-                async for output in response:
-                    # The LLM server sends the prompt with the first output only.
-                    yield output if first is None else with_prompt(output, first)
-                    first = first or output
-        except (GeneratorExit, asyncio.CancelledError):  # the consumer left: abort the request
-            response.cancel()
-            raise
+        for attempt in range(REPLICA_RETRIES + 1):
+            response = self._stream_handle.generate.remote(request)
+            first: RequestOutput | None = None
+            try:
+                with _openai_errors(record):
+                    async for output in response:
+                        # The LLM server sends the prompt with the first output only.
+                        yield output if first is None else with_prompt(output, first)
+                        first = first or output
+                return
+            except OpenAIError as error:
+                if first is not None or error.code not in _REPLICA_FAILED:
+                    raise
+                if attempt == REPLICA_RETRIES:
+                    raise
+                if record is not None:
+                    record.error = None
+            except (GeneratorExit, asyncio.CancelledError):  # the consumer left: abort it
+                response.cancel()
+                raise
 
     async def model_info(self) -> ModelInfo:
         """The engine's limits, asked once of any replica and cached."""
@@ -155,9 +176,12 @@ def _as_openai_error(exc: Exception) -> OpenAIError | None:
     if isinstance(exc, BackPressureError):
         return service_unavailable("The model is at capacity; retry shortly.")
     if isinstance(exc, RayActorError | DeploymentUnavailableError):
-        return service_unavailable("The model replica for this request is unavailable.")
+        return service_unavailable(
+            "The model replica for this request is unavailable.", REPLICA_UNAVAILABLE_CODE
+        )
     if isinstance(exc, grpc.aio.AioRpcError):  # gRPC transport; Ray maps UNAVAILABLE itself
         return service_unavailable(
-            f"The model replica did not answer ({exc.code().name}); retry shortly."
+            f"The model replica did not answer ({exc.code().name}); retry shortly.",
+            REPLICA_UNAVAILABLE_CODE,
         )
     return None

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, f
 
 from serve_app.core.constants import (
     DEFAULT_CPU_KVCACHE_GIB,
+    DEFAULT_ENGINE_STALL_TIMEOUT_S,
     DEFAULT_ENGINE_TRANSPORT,
     DEFAULT_MAX_CHUNKS_PER_SECOND,
     DEFAULT_MAX_REQUEST_BYTES,
@@ -31,6 +32,14 @@ EngineTransport = Literal["grpc", "actor"]
 
 
 Buckets = Annotated[list[PositiveFloat], Field(min_length=1)]
+StallTimeout = Annotated[
+    PositiveFloat | None,
+    Field(
+        description="Per LLM replica: requests in flight and no engine output for this long "
+        "(seconds) means a hung engine; the replica kills it and Serve replaces the replica "
+        "(null: never)."
+    ),
+]
 ChunksPerSecond = Annotated[
     PositiveFloat | None,
     Field(
@@ -73,6 +82,7 @@ class LiveSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_chunks_per_second: ChunksPerSecond = DEFAULT_MAX_CHUNKS_PER_SECOND
+    engine_stall_timeout_s: StallTimeout = DEFAULT_ENGINE_STALL_TIMEOUT_S
 
 
 class AppConfig(BaseModel):
@@ -112,6 +122,7 @@ class AppConfig(BaseModel):
     )
     warmup: bool = Field(True, description="Run one request before a replica reports ready.")
     max_chunks_per_second: ChunksPerSecond = DEFAULT_MAX_CHUNKS_PER_SECOND
+    engine_stall_timeout_s: StallTimeout = DEFAULT_ENGINE_STALL_TIMEOUT_S
     engine_transport: EngineTransport = Field(
         DEFAULT_ENGINE_TRANSPORT,
         description="How token streams travel from LLM replicas to the ingress: grpc "
@@ -158,7 +169,10 @@ class AppConfig(BaseModel):
 
     @property
     def live_settings(self) -> LiveSettings:
-        return LiveSettings(max_chunks_per_second=self.max_chunks_per_second)
+        return LiveSettings(
+            max_chunks_per_second=self.max_chunks_per_second,
+            engine_stall_timeout_s=self.engine_stall_timeout_s,
+        )
 
     @classmethod
     def from_args(cls, args: Mapping[str, Any], env: Mapping[str, str]) -> "AppConfig":

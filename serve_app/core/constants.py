@@ -34,6 +34,14 @@ DEFAULT_CPU_KVCACHE_GIB: Final = 1.0
 # 2 000 was 1.8x at concurrency 128, and kept the throughput no pacing loses (6 189 vs
 # 5 734 tok/s; results/NOTES.md, 7). A CPU replica never reaches it.
 DEFAULT_MAX_CHUNKS_PER_SECOND: Final = 8000.0
+# An engine with requests in flight and no output for this long is hung (seconds): far above
+# one engine step, even a CPU prefill of a whole 4096-token prompt (a few seconds on 2 cores).
+DEFAULT_ENGINE_STALL_TIMEOUT_S: Final = 60.0
+# How often an LLM-server replica checks its engine (dead or stalled), in seconds.
+ENGINE_CHECK_INTERVAL_S: Final = 0.25
+# A replica whose engine failed exits this long after failing its requests (seconds), so their
+# error events leave first; Serve sees the actor gone at its next health check and replaces it.
+FAILED_REPLICA_EXIT_DELAY_S: Final = 0.5
 
 # Transport of the ingress -> LLM-server token streams. "grpc": Ray Serve's gRPC channel
 # between replicas (one message per chunk, pickled); "actor": Ray actor-task streaming (an
@@ -76,8 +84,9 @@ MAX_STOP_SEQUENCES: Final = 16
 MAX_TOP_LOGPROBS: Final = 20
 MAX_N: Final = 16
 
-# /health asks Serve's controller for replica states at most this often (seconds).
-HEALTH_CACHE_SECONDS: Final = 1.0
+# Each ingress replica asks Serve's controller for the LLM replicas' states this often
+# (seconds), for /health and to refuse generation at once while none runs.
+HEALTH_POLL_SECONDS: Final = 0.5
 
 # Environment variables that override serve_config.yaml (the original guide's names).
 ENV_MODEL_NAME: Final = "MODEL_NAME"

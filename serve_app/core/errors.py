@@ -23,6 +23,12 @@ CONTEXT_LENGTH_EXCEEDED_CODE = "context_length_exceeded"
 REQUEST_TOO_LARGE_CODE = "request_too_large"
 INVALID_API_KEY_CODE = "invalid_api_key"
 MODEL_NOT_FOUND_CODE = "model_not_found"
+ENGINE_FAILED_CODE = "engine_failed"
+REPLICA_UNAVAILABLE_CODE = "replica_unavailable"
+
+# Seconds a client is asked to wait after a 503 (`Retry-After`): a replica whose engine failed
+# is replaced, and a full queue drains, within seconds.
+RETRY_AFTER_S = 1
 
 
 class ErrorDetail(BaseModel):
@@ -39,7 +45,8 @@ class ErrorResponse(BaseModel):
 
 
 class OpenAIError(Exception):
-    """An error to return to the client as `{"error": {message, type, param, code}}`."""
+    """An error to return to the client as `{"error": {message, type, param, code}}`;
+    `retry_after_s` becomes a `Retry-After` header (every 503 has one)."""
 
     def __init__(
         self,
@@ -48,13 +55,18 @@ class OpenAIError(Exception):
         type: str = INVALID_REQUEST,
         param: str | None = None,
         code: str | None = None,
+        retry_after_s: int | None = None,
     ) -> None:
-        super().__init__(message, status_code, type, param, code)
+        super().__init__(message, status_code, type, param, code, retry_after_s)
         self.message = message
         self.status_code = int(status_code)
         self.type = type
         self.param = param
         self.code = code
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {} if self.retry_after_s is None else {"Retry-After": str(self.retry_after_s)}
 
     def response_body(self) -> ErrorResponse:
         return ErrorResponse(
@@ -106,8 +118,25 @@ def model_not_found(model: str) -> OpenAIError:
     )
 
 
-def service_unavailable(message: str) -> OpenAIError:
-    return OpenAIError(message, HTTPStatus.SERVICE_UNAVAILABLE, SERVICE_UNAVAILABLE)
+def service_unavailable(message: str, code: str | None = None) -> OpenAIError:
+    return OpenAIError(
+        message, HTTPStatus.SERVICE_UNAVAILABLE, SERVICE_UNAVAILABLE, None, code, RETRY_AFTER_S
+    )
+
+
+def no_replica() -> OpenAIError:
+    """No LLM-server replica runs (one is being replaced or started)."""
+    return service_unavailable(
+        "No model replica is running; one is starting, retry shortly.", REPLICA_UNAVAILABLE_CODE
+    )
+
+
+def engine_failed(reason: str) -> OpenAIError:
+    """The LLM-server replica's engine died or stalled: Serve replaces the replica."""
+    return service_unavailable(
+        f"The model's engine on this replica {reason}; it is being replaced, retry shortly.",
+        ENGINE_FAILED_CODE,
+    )
 
 
 def internal_error(message: str) -> OpenAIError:
@@ -128,7 +157,7 @@ def from_status(status_code: int, message: str, param: str | None = None) -> Ope
     if status_code == HTTPStatus.NOT_FOUND and param == "model":
         return OpenAIError(message, status_code, INVALID_REQUEST, param, MODEL_NOT_FOUND_CODE)
     if status_code == HTTPStatus.SERVICE_UNAVAILABLE:
-        return OpenAIError(message, status_code, SERVICE_UNAVAILABLE, param)
+        return OpenAIError(message, status_code, SERVICE_UNAVAILABLE, param, None, RETRY_AFTER_S)
     not_implemented = status_code == HTTPStatus.NOT_IMPLEMENTED
     if status_code >= HTTPStatus.INTERNAL_SERVER_ERROR and not not_implemented:
         return OpenAIError(message, status_code, SERVER_ERROR, param)

@@ -124,7 +124,8 @@ class IngressMetrics:
 
 
 class LLMServerMetrics:
-    """What an LLM-server replica measures: queue wait, engine cancellations, tokens per chunk."""
+    """What an LLM-server replica measures: queue wait, engine cancellations, tokens per chunk,
+    engine failures."""
 
     def __init__(self, model: str, config: MetricsConfig) -> None:
         self.queue_wait = Histogram(
@@ -145,7 +146,14 @@ class LLMServerMetrics:
             list(TOKENS_PER_CHUNK_BUCKETS),
             ("model", "stage"),
         )
-        for metric in (self.queue_wait, self.cancellations, self.tokens_per_chunk):
+        self.engine_failures = Counter(
+            "llm_engine_failures",
+            "Engines that died (their process exited) or stalled (requests in flight, no "
+            "output for engine_stall_timeout_s); each one's replica is replaced.",
+            ("model", "failure"),
+        )
+        metrics = (self.queue_wait, self.cancellations, self.tokens_per_chunk, self.engine_failures)
+        for metric in metrics:
             metric.set_default_tags({"model": model})
 
     def stream_finished(self, ratios: dict[str, float]) -> None:

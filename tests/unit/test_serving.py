@@ -32,7 +32,6 @@ from tests.fake_engine import (
     FakeEngine,
     InProcessHandle,
     start_llm_server,
-    tiny_model,
     token_id,
     word,
 )
@@ -40,15 +39,7 @@ from tests.fake_engine import (
 PROMPTS = [[11, 12, 13], [17, 18]]
 
 
-@pytest.fixture(autouse=True)
-def _cpu_kv_cache_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """LLMServer sets the CPU backend's KV-cache size in the environment; keep it to the test."""
-    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_model(tmp_path_factory.mktemp("tiny-model"))
+pytestmark = pytest.mark.usefixtures("cpu_kv_cache_env")
 
 
 def app_config(model: Path, **overrides: Any) -> AppConfig:
@@ -63,9 +54,15 @@ class Stack:
         self.name = str(api._settings.served_name)
 
 
-async def stack(model: Path, reasoning_parser: str | None = None, **engine: Any) -> Stack:
-    config = app_config(model)
-    server, fake = await start_llm_server(config, **engine)
+async def stack(
+    model: Path,
+    reasoning_parser: str | None = None,
+    config: AppConfig | None = None,
+    exits: list[bool] | None = None,
+    **engine: Any,
+) -> Stack:
+    config = config or app_config(model)
+    server, fake = await start_llm_server(config, exits, **engine)
     handle = InProcessHandle(server)
     client = LLMServerClient(handle, "grpc")  # type: ignore[arg-type]
     settings = OpenAISettings(

@@ -12,7 +12,8 @@ async def send_error(
 ) -> None:
     """Send `error` as a complete JSON response with its status and extra `headers`."""
     body = error.response_body().model_dump_json().encode()
-    start_headers = [(b"content-type", b"application/json"), *headers]
+    own = [(name.lower().encode(), value.encode()) for name, value in error.headers().items()]
+    start_headers = [(b"content-type", b"application/json"), *own, *headers]
     await send(
         {"type": "http.response.start", "status": error.status_code, "headers": start_headers}
     )
