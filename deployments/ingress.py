@@ -56,7 +56,10 @@ class OpenAIIngress:
 
     async def __init__(self, llm_server: DeploymentHandle, config: AppConfig) -> None:
         self._config = config
-        self._llm_server = LLMServerClient(llm_server, config.engine_transport)
+        self._health = ServiceHealth(serve.get_replica_context().app_name, config)
+        self._llm_server = LLMServerClient(
+            llm_server, config.engine_transport, self._health.replica_failed
+        )
         self._metrics = IngressMetrics(config.served_name, config.metrics)
         app.state.metrics = self._metrics
         app.state.max_request_bytes = config.max_request_bytes
@@ -71,7 +74,6 @@ class OpenAIIngress:
         )
         tokenizer = resolve_model(config.tokenizer or config.model)
         self._api = OpenAIAPI(self._llm_server, settings, tokenizer, self._metrics)
-        self._health = ServiceHealth(serve.get_replica_context().app_name, config)
         self._node_metrics = NodeMetrics()
 
     @app.post(CHAT_ROUTE, response_model=ChatCompletionResponse)

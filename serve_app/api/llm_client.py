@@ -13,7 +13,7 @@ as soon as the controller has replaced it.
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -48,7 +48,8 @@ _REPLICA_FAILED = frozenset({ENGINE_FAILED_CODE, REPLICA_UNAVAILABLE_CODE})
 
 
 class LLMServerClient:
-    """Calls LLMServer replicas through a Serve handle.
+    """Calls LLMServer replicas through a Serve handle; tells `on_replica_failure` when a
+    request's replica failed.
 
     `connect()` fetches the engine's vLLM config once and builds what vLLM's serving classes
     read off an engine client (`vllm_config`, `model_config`, `renderer`, `input_processor`).
@@ -56,8 +57,14 @@ class LLMServerClient:
 
     errored = False  # a dead engine is the LLM server's to report (its health check)
 
-    def __init__(self, handle: DeploymentHandle, transport: EngineTransport) -> None:
+    def __init__(
+        self,
+        handle: DeploymentHandle,
+        transport: EngineTransport,
+        on_replica_failure: Callable[[], None] = lambda: None,
+    ) -> None:
         self._handle = handle
+        self._on_replica_failure = on_replica_failure
         # gRPC path: plain pickle, not cloudpickle (the actor path ignores these two options).
         self._stream_handle = handle.options(
             stream=True,
@@ -124,6 +131,8 @@ class LLMServerClient:
                         first = first or output
                 return
             except OpenAIError as error:
+                if error.code in _REPLICA_FAILED:
+                    self._on_replica_failure()
                 if first is not None or error.code not in _REPLICA_FAILED:
                     raise
                 if attempt == REPLICA_RETRIES:

@@ -84,9 +84,11 @@ MAX_STOP_SEQUENCES: Final = 16
 MAX_TOP_LOGPROBS: Final = 20
 MAX_N: Final = 16
 
-# Each ingress replica asks Serve's controller for the LLM replicas' states this often
-# (seconds), for /health and to refuse generation at once while none runs.
+# An ingress replica asks Serve's controller for the LLM replicas' states at most this often
+# (seconds), for /health and to refuse generation at once while none runs; after a replica
+# failed it asks this often for at least REPLICA_FAILURE_WATCH_SECONDS, until one runs.
 HEALTH_POLL_SECONDS: Final = 0.5
+REPLICA_FAILURE_WATCH_SECONDS: Final = 5.0
 
 # Environment variables that override serve_config.yaml (the original guide's names).
 ENV_MODEL_NAME: Final = "MODEL_NAME"
