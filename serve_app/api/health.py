@@ -24,7 +24,7 @@ from serve_app.core.constants import (
     LLM_SERVER_DEPLOYMENT,
     REPLICA_FAILURE_WATCH_SECONDS,
 )
-from serve_app.core.errors import RETRY_AFTER_S, no_replica
+from serve_app.core.errors import no_replica
 
 
 class ServiceHealth:
@@ -79,9 +79,7 @@ class ServiceHealth:
         )
         if running:
             return JSONResponse(body.model_dump())
-        return JSONResponse(
-            body.model_dump(), status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)}
-        )
+        return JSONResponse(body.model_dump(), status_code=503, headers=no_replica().headers())
 
     def _ask_controller(self) -> int:
         app = serve.status().applications.get(self._app_name)

@@ -131,11 +131,10 @@ class LLMServerClient:
                         first = first or output
                 return
             except OpenAIError as error:
-                if error.code in _REPLICA_FAILED:
-                    self._on_replica_failure()
-                if first is not None or error.code not in _REPLICA_FAILED:
+                if error.code not in _REPLICA_FAILED:
                     raise
-                if attempt == REPLICA_RETRIES:
+                self._on_replica_failure()
+                if first is not None or attempt == REPLICA_RETRIES:
                     raise
                 if record is not None:
                     record.error = None

@@ -118,9 +118,11 @@ def model_not_found(model: str) -> OpenAIError:
     )
 
 
-def service_unavailable(message: str, code: str | None = None) -> OpenAIError:
+def service_unavailable(
+    message: str, code: str | None = None, param: str | None = None
+) -> OpenAIError:
     return OpenAIError(
-        message, HTTPStatus.SERVICE_UNAVAILABLE, SERVICE_UNAVAILABLE, None, code, RETRY_AFTER_S
+        message, HTTPStatus.SERVICE_UNAVAILABLE, SERVICE_UNAVAILABLE, param, code, RETRY_AFTER_S
     )
 
 
@@ -157,7 +159,7 @@ def from_status(status_code: int, message: str, param: str | None = None) -> Ope
     if status_code == HTTPStatus.NOT_FOUND and param == "model":
         return OpenAIError(message, status_code, INVALID_REQUEST, param, MODEL_NOT_FOUND_CODE)
     if status_code == HTTPStatus.SERVICE_UNAVAILABLE:
-        return OpenAIError(message, status_code, SERVICE_UNAVAILABLE, param, None, RETRY_AFTER_S)
+        return service_unavailable(message, param=param)
     not_implemented = status_code == HTTPStatus.NOT_IMPLEMENTED
     if status_code >= HTTPStatus.INTERNAL_SERVER_ERROR and not not_implemented:
         return OpenAIError(message, status_code, SERVER_ERROR, param)
