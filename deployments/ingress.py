@@ -58,7 +58,10 @@ class OpenAIIngress:
         self._config = config
         self._health = ServiceHealth(serve.get_replica_context().app_name, config)
         self._llm_server = LLMServerClient(
-            llm_server, config.engine_transport, self._health.replica_failed
+            llm_server,
+            config.engine_transport,
+            self._health.replica_failed,
+            self._health.any_running,
         )
         self._metrics = IngressMetrics(config.served_name, config.metrics)
         app.state.metrics = self._metrics

@@ -6,8 +6,9 @@ queue the request until a new replica has loaded its model.
 Asking the controller (`serve.status()`) costs the ingress's process milliseconds of CPU (it
 rebuilds every deployment's config): twice a second it took 13-18% of an ingress replica's
 samples at concurrency 128 on an H200. So it is asked only when someone needs the answer:
-`/health` (at most every `HEALTH_POLL_SECONDS`), and after a replica failed, every
-`HEALTH_POLL_SECONDS` until one runs again.
+`/health` (at most every `HEALTH_POLL_SECONDS`); after a replica failed, every
+`HEALTH_POLL_SECONDS` until one runs again, and afresh for each generation request meanwhile
+(callers at the same moment share one question).
 """
 
 import asyncio
@@ -39,12 +40,15 @@ class ServiceHealth:
         self._failed_at = float("-inf")
         self._watch: asyncio.Task[None] | None = None
 
-    async def running_replicas(self) -> int:
-        """The count, asked again when older than `HEALTH_POLL_SECONDS`."""
+    async def running_replicas(self, max_age_s: float = HEALTH_POLL_SECONDS) -> int:
+        """The count, asked again when the last question started more than `max_age_s`
+        before this call (0: a question that started after this call; callers waiting on one
+        share its answer)."""
+        called = time.monotonic()
         async with self._lock:
-            if time.monotonic() - self._asked_at >= HEALTH_POLL_SECONDS:
-                self._running = await asyncio.to_thread(self._ask_controller)
+            if self._asked_at < called - max_age_s:
                 self._asked_at = time.monotonic()
+                self._running = await asyncio.to_thread(self._ask_controller)
         return self._running or 0
 
     def replica_failed(self) -> None:
@@ -61,10 +65,16 @@ class ServiceHealth:
                 return
             await asyncio.sleep(HEALTH_POLL_SECONDS)
 
+    async def any_running(self) -> bool:
+        """Whether a replica runs, asked afresh unless asked in the last `HEALTH_POLL_SECONDS`."""
+        return await self.running_replicas() > 0
+
     async def require_replica(self) -> None:
-        """Raise a 503 when the controller last said no replica runs (asked afresh first):
-        free while replicas run."""
-        if self._running == 0 and not await self.running_replicas():
+        """Raise a 503 when no replica runs. Free while replicas run and none failed lately;
+        after a failure (until the watch ends), and whenever the last count was 0, the
+        controller is asked afresh, so a request is never queued on an old count."""
+        watching = self._watch is not None and not self._watch.done()
+        if (watching or self._running == 0) and not await self.running_replicas(max_age_s=0):
             raise no_replica()
 
     async def response(self) -> JSONResponse:

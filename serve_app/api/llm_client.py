@@ -13,7 +13,7 @@ as soon as the controller has replaced it.
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -28,6 +28,7 @@ from serve_app.core.errors import (
     REPLICA_UNAVAILABLE_CODE,
     OpenAIError,
     internal_error,
+    no_replica,
     service_unavailable,
 )
 from serve_app.core.payloads import EngineStats, ModelInfo
@@ -44,12 +45,19 @@ from serve_app.vllm_compat import (
 )
 
 REPLICA_RETRIES = 2
+# A request whose first output has not come for this long (seconds) asks whether any LLM
+# replica runs (far above a first token's time in a running service, so it costs nothing).
+FIRST_OUTPUT_CHECK_S = 5.0
 _REPLICA_FAILED = frozenset({ENGINE_FAILED_CODE, REPLICA_UNAVAILABLE_CODE})
+
+
+async def _always() -> bool:
+    return True
 
 
 class LLMServerClient:
     """Calls LLMServer replicas through a Serve handle; tells `on_replica_failure` when a
-    request's replica failed.
+    request's replica failed, and asks `replicas_running` when a first output is long due.
 
     `connect()` fetches the engine's vLLM config once and builds what vLLM's serving classes
     read off an engine client (`vllm_config`, `model_config`, `renderer`, `input_processor`).
@@ -62,9 +70,11 @@ class LLMServerClient:
         handle: DeploymentHandle,
         transport: EngineTransport,
         on_replica_failure: Callable[[], None] = lambda: None,
+        replicas_running: Callable[[], Awaitable[bool]] = _always,
     ) -> None:
         self._handle = handle
         self._on_replica_failure = on_replica_failure
+        self._replicas_running = replicas_running
         # gRPC path: plain pickle, not cloudpickle (the actor path ignores these two options).
         self._stream_handle = handle.options(
             stream=True,
@@ -125,10 +135,13 @@ class LLMServerClient:
             first: RequestOutput | None = None
             try:
                 with _openai_errors(record):
+                    first = await self._first_output(response)
+                    if first is None:
+                        return
+                    yield first
                     async for output in response:
                         # The LLM server sends the prompt with the first output only.
-                        yield output if first is None else with_prompt(output, first)
-                        first = first or output
+                        yield with_prompt(output, first)
                 return
             except OpenAIError as error:
                 if error.code not in _REPLICA_FAILED:
@@ -141,6 +154,23 @@ class LLMServerClient:
             except (GeneratorExit, asyncio.CancelledError):  # the consumer left: abort it
                 response.cancel()
                 raise
+
+    async def _first_output(self, response: Any) -> RequestOutput | None:
+        """The stream's first output. While it has not come for `FIRST_OUTPUT_CHECK_S`, ask
+        whether any LLM replica runs at all: Serve would keep the request queued until a
+        new replica has loaded its model, minutes on a GPU; it gets a 503 instead."""
+        pending = asyncio.ensure_future(anext(response))
+        try:
+            while not (await asyncio.wait({pending}, timeout=FIRST_OUTPUT_CHECK_S))[0]:
+                if not await self._replicas_running():
+                    response.cancel()
+                    raise no_replica()
+        finally:
+            pending.cancel()
+        try:
+            return pending.result()
+        except StopAsyncIteration:
+            return None
 
     async def model_info(self) -> ModelInfo:
         """The engine's limits, asked once of any replica and cached."""

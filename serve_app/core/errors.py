@@ -25,6 +25,7 @@ INVALID_API_KEY_CODE = "invalid_api_key"
 MODEL_NOT_FOUND_CODE = "model_not_found"
 ENGINE_FAILED_CODE = "engine_failed"
 REPLICA_UNAVAILABLE_CODE = "replica_unavailable"
+NO_REPLICA_CODE = "no_replica"
 
 # Seconds a client is asked to wait after a 503 (`Retry-After`): a replica whose engine failed
 # is replaced, and a full queue drains, within seconds.
@@ -129,7 +130,7 @@ def service_unavailable(
 def no_replica() -> OpenAIError:
     """No LLM-server replica runs (one is being replaced or started)."""
     return service_unavailable(
-        "No model replica is running; one is starting, retry shortly.", REPLICA_UNAVAILABLE_CODE
+        "No model replica is running; one is starting, retry shortly.", NO_REPLICA_CODE
     )
 
 

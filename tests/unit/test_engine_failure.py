@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from serve_app.api import llm_client
 from serve_app.api.llm_client import LLMServerClient
 from serve_app.core.constants import FAILED_REPLICA_EXIT_DELAY_S
 from serve_app.core.errors import OpenAIError, engine_failed, service_unavailable
@@ -178,3 +179,37 @@ def test_the_watchdog_counts_silence_only_while_requests_are_in_flight() -> None
     watchdog.started()
     now[0] = 1000.0
     assert not watchdog.stalled()
+
+
+def test_a_request_waiting_for_a_replica_that_does_not_run_gets_a_503_and_no_retry(
+    model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(llm_client, "FIRST_OUTPUT_CHECK_S", 0.1)
+
+    async def scenario(running: bool) -> tuple[OpenAIError | None, int, int]:
+        server, fake = await start_llm_server(app_config(model), hang_at_step=0)
+        handle = Replicas([server])
+        asked: list[bool] = []
+
+        async def replicas_running() -> bool:
+            asked.append(running)
+            return running
+
+        client = LLMServerClient(handle, "grpc", replicas_running=replicas_running)  # type: ignore[arg-type]
+        params = completion_request()
+        outputs = client.generate(params.prompt, params.params, "r")
+        try:
+            await asyncio.wait_for(anext(outputs), 0.5)
+            error = None
+        except OpenAIError as exc:
+            error = exc
+        except TimeoutError:
+            error = None
+        fake.die()  # end the hung step
+        return error, handle.tried, len(asked)
+
+    refused, tried, asked = run(scenario(running=False))
+    assert refused is not None and (refused.status_code, refused.code) == (503, "no_replica")
+    assert (tried, asked) == (1, 1)
+    waited, tried, asked = run(scenario(running=True))
+    assert waited is None and tried == 1 and asked >= 3  # kept waiting, asking every check

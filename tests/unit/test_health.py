@@ -68,3 +68,25 @@ def test_after_a_replica_failed_the_count_is_followed_until_one_runs_again(
     assert down == 503
     assert asked >= 3
     assert later == asked  # the watch ended
+
+
+def test_after_a_failure_each_request_asks_afresh_and_shares_one_question(
+    controller: Controller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(health, "HEALTH_POLL_SECONDS", 10.0)  # the watch's polls never help
+
+    async def scenario() -> tuple[int, int]:
+        service = ServiceHealth("llm", AppConfig())
+        assert (await service.response()).status_code == 200  # a count of 1, now cached
+        service.replica_failed()
+        await asyncio.sleep(0)  # the watch asks once, still 1
+        controller.running = 0
+        asked = controller.asked
+        results = await asyncio.gather(
+            *(service.require_replica() for _ in range(5)), return_exceptions=True
+        )
+        assert all(isinstance(r, OpenAIError) and r.status_code == 503 for r in results)
+        return asked, controller.asked
+
+    before, after = asyncio.run(scenario())
+    assert 1 <= after - before <= 2  # five requests, one or two questions
