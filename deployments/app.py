@@ -8,12 +8,18 @@ from ray.serve import Application
 
 from deployments.ingress import OpenAIIngress
 from deployments.llm_server import LLMServer
-from deployments.placement import check_gpu_capacity, plan_placement, resolve_accelerator
+from deployments.placement import (
+    INGRESS_REPLICAS,
+    check_gpu_capacity,
+    plan_placement,
+    resolve_accelerator,
+)
 from serve_app.core.config import AppConfig
 
 
 def build_app(args: dict[str, Any]) -> Application:
-    """OpenAI ingress in front of LLM-server replicas sized for this Ray cluster."""
+    """OpenAI ingress in front of LLM-server replicas sized for this Ray cluster (serve_config's
+    deployment options, where set, override the builder's)."""
     config = AppConfig.from_args(args, os.environ)
     if not ray.is_initialized():
         ray.init()
@@ -28,4 +34,5 @@ def build_app(args: dict[str, Any]) -> Application:
     llm_server = LLMServer.options(
         user_config=config.live_settings.model_dump(), **placement.deployment_options()
     ).bind(config, accelerator)
-    return OpenAIIngress.bind(llm_server, config)
+    ingress = OpenAIIngress.options(num_replicas=INGRESS_REPLICAS[accelerator])
+    return ingress.bind(llm_server, config)

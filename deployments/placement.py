@@ -7,6 +7,12 @@ from pydantic import BaseModel
 from serve_app.core.config import Accelerator, AppConfig
 from serve_app.core.constants import LLM_SERVER_ENV_DEFAULTS
 
+# Ingress replicas when serve_config.yaml does not set the ingress's `num_replicas`. Each is one
+# event loop running vLLM's serving classes; 2 fit the 2-core CPU path, and on one H200
+# (16 cores) 4 made 0.96-1.00 of bare vLLM's throughput at concurrency 32 and 128 where 2 made
+# 0.93-0.96 (benchmarks/results/gpu-h200/2026-12-02-engine-failures-ingress).
+INGRESS_REPLICAS: dict[Accelerator, int] = {"cpu": 2, "gpu": 4}
+
 
 class InsufficientGPUsError(RuntimeError):
     """A replica needs more GPUs than the cluster can give it now."""

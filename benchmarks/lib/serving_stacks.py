@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 from ray.serve.schema import ServeDeploySchema
 
 from benchmarks.lib.report import detect_accelerator, figure
+from deployments.placement import INGRESS_REPLICAS
 from serve_app.core.chat_templates import resolve_chat_template
 from serve_app.core.config import AppConfig, LiveSettings
 from serve_app.core.constants import INGRESS_DEPLOYMENT, LLM_SERVER_DEPLOYMENT
@@ -211,7 +212,9 @@ class OurAppOptions(BaseModel):
     """How our app is deployed for a run, beyond the engine setup both stacks share."""
 
     replicas: int = 1
-    ingress_replicas: int | None = Field(None, description="None: serve_config.yaml's count.")
+    ingress_replicas: int | None = Field(
+        None, description="None: serve_config.yaml's count, else the app builder's."
+    )
     ingress_env: dict[str, str] = Field(
         default_factory=dict, description="Environment variables of the ingress replicas."
     )
@@ -248,8 +251,11 @@ def our_config(setup: EngineSetup, options: OurAppOptions) -> ServeDeploySchema:
 
 
 def ingress_replicas(config: ServeDeploySchema) -> int:
+    """The config's ingress count, else the one the app builder picks on this machine."""
     (ingress,) = [d for d in config.applications[0].deployments if d.name == INGRESS_DEPLOYMENT]
-    return int(ingress.num_replicas)
+    if "num_replicas" in ingress.model_fields_set:
+        return int(ingress.num_replicas)
+    return INGRESS_REPLICAS[detect_accelerator()]
 
 
 def http_front(env: Mapping[str, str]) -> str:

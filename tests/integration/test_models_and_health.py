@@ -2,6 +2,10 @@
 
 import httpx
 import openai
+import ray
+
+from deployments.placement import INGRESS_REPLICAS
+from serve_app.core.constants import INGRESS_DEPLOYMENT
 
 
 def test_models_lists_the_served_model(client: openai.OpenAI, model: str) -> None:
@@ -67,3 +71,13 @@ def test_one_model_is_retrieved_by_id_and_an_unknown_one_is_404(
     assert (error["type"], error["code"], error["param"]) == (
         "invalid_request_error", "model_not_found", "model",
     )  # fmt: skip
+
+
+def test_the_builder_runs_two_ingress_replicas_on_the_cpu_path(http: httpx.Client) -> None:
+    """serve_config.yaml leaves the ingress count to the builder: 2 on CPU (4 on a GPU)."""
+    ingress = [
+        actor["name"]
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if f"#{INGRESS_DEPLOYMENT}#" in actor["name"]
+    ]
+    assert len(ingress) == INGRESS_REPLICAS["cpu"] == 2

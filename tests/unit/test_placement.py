@@ -1,16 +1,22 @@
 """Replica placement: CPU, one GPU, tensor-parallel bundles, and the fail-fast GPU check."""
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from deployments.placement import (
+    INGRESS_REPLICAS,
     InsufficientGPUsError,
     check_gpu_capacity,
     plan_placement,
     resolve_accelerator,
 )
 from serve_app.core.config import Accelerator, AppConfig
+from serve_app.core.constants import INGRESS_DEPLOYMENT
+from serve_app.runtime.serve_config import load_deploy_config
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def config(**kwargs: object) -> AppConfig:
@@ -83,3 +89,11 @@ def test_capacity_check_refuses_strict_pack_beyond_largest_node() -> None:
 def test_capacity_check_accepts_pack_across_nodes() -> None:
     cfg = config(tensor_parallel_size=4, placement_strategy="PACK")
     check_gpu_capacity(cfg, free_gpus=4, gpus_per_node=[2, 2])
+
+
+def test_the_shipped_configs_leave_the_ingress_count_to_the_builder() -> None:
+    """So a GPU host gets its 4 ingress replicas without editing serve_config.yaml."""
+    assert INGRESS_REPLICAS == {"cpu": 2, "gpu": 4}
+    shipped = load_deploy_config(REPO / "serve_config.yaml", {})  # KubeRay's is the same
+    (ingress,) = [d for d in shipped.applications[0].deployments if d.name == INGRESS_DEPLOYMENT]
+    assert "num_replicas" not in ingress.model_fields_set
