@@ -14,6 +14,7 @@ from deployments.placement import (
     plan_placement,
     resolve_accelerator,
 )
+from deployments.rate_limiter import RateLimiter
 from serve_app.core.config import AppConfig
 
 
@@ -34,5 +35,7 @@ def build_app(args: dict[str, Any]) -> Application:
     llm_server = LLMServer.options(
         user_config=config.live_settings.model_dump(), **placement.deployment_options()
     ).bind(config, accelerator)
-    ingress = OpenAIIngress.options(num_replicas=INGRESS_REPLICAS[accelerator])
-    return ingress.bind(llm_server, config)
+    ingress = OpenAIIngress.options(
+        num_replicas=INGRESS_REPLICAS[accelerator], user_config=config.rate_limits.model_dump()
+    )
+    return ingress.bind(llm_server, RateLimiter.bind(), config)

@@ -6,6 +6,7 @@ protocol logic.
 """
 
 import asyncio
+from typing import Any
 
 from fastapi import Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -17,12 +18,14 @@ from serve_app.api.http_app import create_app
 from serve_app.api.llm_client import LLMServerClient
 from serve_app.api.openai_api import OpenAIAPI
 from serve_app.api.protocol import Health, MetricsSummary
+from serve_app.api.rate_limits import RateLimitClient
 from serve_app.core.chat_templates import resolve_chat_template
-from serve_app.core.config import AppConfig
+from serve_app.core.config import AppConfig, RateLimits
 from serve_app.core.constants import (
     CHAT_ROUTE,
     COMPLETIONS_ROUTE,
     DETOKENIZE_ROUTE,
+    DRAINING,
     HEALTH_ROUTE,
     INGRESS_DEPLOYMENT,
     METRICS_ROUTE,
@@ -54,8 +57,11 @@ app = create_app()
 class OpenAIIngress:
     """Speaks the OpenAI HTTP API in front of the LLM-server deployment."""
 
-    async def __init__(self, llm_server: DeploymentHandle, config: AppConfig) -> None:
+    async def __init__(
+        self, llm_server: DeploymentHandle, rate_limiter: DeploymentHandle, config: AppConfig
+    ) -> None:
         self._config = config
+        self._rate_limits = RateLimitClient(rate_limiter, config.rate_limits)
         self._health = ServiceHealth(serve.get_replica_context().app_name, config)
         self._llm_server = LLMServerClient(
             llm_server,
@@ -76,8 +82,18 @@ class OpenAIIngress:
             reasoning_parser=config.reasoning_parser,
         )
         tokenizer = resolve_model(config.tokenizer or config.model)
-        self._api = OpenAIAPI(self._llm_server, settings, tokenizer, self._metrics)
+        self._api = OpenAIAPI(
+            self._llm_server, settings, tokenizer, self._metrics, self._rate_limits
+        )
         self._node_metrics = NodeMetrics()
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply Serve's `user_config`: rate limits (the keys it names override the app's),
+        and `draining`, which the runner sets before it stops the app."""
+        settings = dict(user_config)
+        self._health.drain(bool(settings.pop(DRAINING, False)))
+        limits = self._config.rate_limits.model_dump() | settings
+        self._rate_limits.configure(RateLimits.model_validate(limits))
 
     @app.post(CHAT_ROUTE, response_model=ChatCompletionResponse)
     async def chat_completions(self, body: ChatCompletionRequest, request: Request) -> Response:

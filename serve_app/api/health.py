@@ -25,7 +25,7 @@ from serve_app.core.constants import (
     LLM_SERVER_DEPLOYMENT,
     REPLICA_FAILURE_WATCH_SECONDS,
 )
-from serve_app.core.errors import no_replica
+from serve_app.core.errors import no_replica, shutting_down
 
 
 class ServiceHealth:
@@ -38,6 +38,7 @@ class ServiceHealth:
         self._asked_at = float("-inf")
         self._lock = asyncio.Lock()
         self._failed_at = float("-inf")
+        self._draining = False
         self._watch: asyncio.Task[None] | None = None
 
     async def running_replicas(self, max_age_s: float = HEALTH_POLL_SECONDS) -> int:
@@ -69,10 +70,18 @@ class ServiceHealth:
         """Whether a replica runs, asked afresh unless asked in the last `HEALTH_POLL_SECONDS`."""
         return await self.running_replicas() > 0
 
+    def drain(self, draining: bool) -> None:
+        """While draining, generation requests and /health get a 503 (the service is about to
+        stop: load balancers and clients go elsewhere while requests in flight finish)."""
+        self._draining = draining
+
     async def require_replica(self) -> None:
-        """Raise a 503 when no replica runs. Free while replicas run and none failed lately;
-        after a failure (until the watch ends), and whenever the last count was 0, the
-        controller is asked afresh, so a request is never queued on an old count."""
+        """Raise a 503 while draining, or when no replica runs. Free while replicas run and
+        none failed lately; after a failure (until the watch ends), and whenever the last
+        count was 0, the controller is asked afresh, so a request is never queued on an old
+        count."""
+        if self._draining:
+            raise shutting_down()
         watching = self._watch is not None and not self._watch.done()
         if (watching or self._running == 0) and not await self.running_replicas(max_age_s=0):
             raise no_replica()
@@ -81,13 +90,14 @@ class ServiceHealth:
         """200 with the body while a replica runs, else 503 with the same body (and
         `Retry-After`, as every 503)."""
         running = await self.running_replicas()
+        status = "draining" if self._draining else "healthy" if running else "unhealthy"
         body = Health(
-            status="healthy" if running else "unhealthy",
+            status=status,
             model=self._config.served_name,
             tensor_parallel_size=self._config.tensor_parallel_size,
             healthy_replicas=running,
         )
-        if running:
+        if status == "healthy":
             return JSONResponse(body.model_dump())
         return JSONResponse(body.model_dump(), status_code=503, headers=no_replica().headers())
 

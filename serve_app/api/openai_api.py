@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from serve_app.api.llm_client import LLMServerClient
 from serve_app.api.prompts import OversizeGuard, request_texts
+from serve_app.api.rate_limits import RateLimitClient, requested_tokens
 from serve_app.api.record import RequestRecord, open_record
 from serve_app.api.sse import SSEResponse
 from serve_app.core.constants import CHAT_ROUTE, COMPLETIONS_ROUTE, RESPONSES_ROUTE
@@ -56,11 +57,13 @@ class OpenAIAPI:
         settings: OpenAISettings,
         tokenizer: str,
         metrics: IngressMetrics,
+        rate_limits: RateLimitClient,
     ) -> None:
         self._llm_server = llm_server
         self._settings = settings
         self._tokenizer = tokenizer
         self._metrics = metrics
+        self._rate_limits = rate_limits
         self._starting = asyncio.create_task(self._start())
 
     async def _start(self) -> tuple[OpenAIServing, OversizeGuard]:
@@ -83,13 +86,17 @@ class OpenAIAPI:
 
     async def chat(self, request: ChatCompletionRequest, raw: Request) -> Response:
         return await self._generate(
-            CHAT_ROUTE, request, lambda serving: serving.chat.create_chat_completion(request, raw)
+            CHAT_ROUTE,
+            request,
+            raw,
+            lambda serving: serving.chat.create_chat_completion(request, raw),
         )
 
     async def completion(self, request: CompletionRequest, raw: Request) -> Response:
         return await self._generate(
             COMPLETIONS_ROUTE,
             request,
+            raw,
             lambda serving: serving.completion.create_completion(request, raw),
         )
 
@@ -97,19 +104,34 @@ class OpenAIAPI:
         return await self._generate(
             RESPONSES_ROUTE,
             request,
+            raw,
             lambda serving: serving.responses.create_responses(request, raw),
         )
 
     async def _generate(
-        self, route: str, request: Any, create: Callable[[OpenAIServing], Awaitable[Any]]
+        self,
+        route: str,
+        request: Any,
+        raw: Request,
+        create: Callable[[OpenAIServing], Awaitable[Any]],
     ) -> Response:
-        """Refuse a prompt too long to fit unread, then ask vLLM's serving class for the
-        response, recorded under `route`."""
+        """Refuse a prompt too long to fit unread, admit the request under its client's rate
+        limits, then ask vLLM's serving class for the response, recorded under `route`."""
         serving, guard = await self._serving()
-        guard.check(*request_texts(request))
+        texts, param = request_texts(request)
+        guard.check(texts, param)
+        max_model_len = self._llm_server.model_config.max_model_len
+        admission = await self._rate_limits.admit(
+            raw, requested_tokens(request, texts, max_model_len)
+        )
         record = open_record(route)
+        if admission is not None:
+            record.on_finish = lambda done: self._rate_limits.settle(admission, done.used_tokens)
         result = await self._call(record, create(serving))
-        return await self._respond(record, result)
+        response = await self._respond(record, result)
+        if admission is not None:
+            response.headers.update(admission.headers)
+        return response
 
     async def _call(self, record: RequestRecord, call: Awaitable[Any]) -> Any:
         """The serving class's answer; what it raised or answered as an error, an OpenAIError."""

@@ -23,7 +23,7 @@ class VllmStats(BaseModel):
 class Health(BaseModel):
     """The original guide's /health body, plus how many engine replicas are up."""
 
-    status: Literal["healthy", "unhealthy"]
+    status: Literal["healthy", "unhealthy", "draining"]
     model: str
     tensor_parallel_size: int
     healthy_replicas: int

@@ -10,6 +10,7 @@ record goes to the metrics and the request log, and gives non-streamed responses
 import contextvars
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from serve_app.api.protocol import VllmStats
@@ -41,6 +42,8 @@ class RequestRecord:
     # turn it into an error event of their own shape mid-stream; this keeps ours).
     error: OpenAIError | None = None
     end: float | None = None
+    # Called once when the request ends (its rate-limit settlement).
+    on_finish: Callable[["RequestRecord"], None] | None = None
 
     def started(self, request_id: str, prompt_tokens: int) -> None:
         """An engine request of this API request was sent."""
@@ -57,6 +60,10 @@ class RequestRecord:
             self.token_gaps.append((now - self.last_token, count))
         self.last_token = now
         self.completion_tokens += count
+
+    @property
+    def used_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
 
     @property
     def ttft(self) -> float | None:
@@ -77,6 +84,8 @@ class RequestRecord:
         if self.end is not None:
             return
         self.end = time.perf_counter()
+        if self.on_finish is not None:
+            self.on_finish(self)
         if not self.request_ids:
             return
         metrics.record_generation(

@@ -85,6 +85,50 @@ class LiveSettings(BaseModel):
     engine_stall_timeout_s: StallTimeout = DEFAULT_ENGINE_STALL_TIMEOUT_S
 
 
+class RateLimit(BaseModel):
+    """One client's allowance per minute (null: no limit)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    requests_per_minute: PositiveInt | None = Field(
+        None, description="Generation requests per minute."
+    )
+    tokens_per_minute: PositiveInt | None = Field(
+        None,
+        description="Prompt plus completion tokens per minute (reserved on admission: the "
+        "prompt's estimate plus max tokens; settled to the tokens used).",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.requests_per_minute is not None or self.tokens_per_minute is not None
+
+
+class RateLimits(RateLimit):
+    """Rate limits per API key (per client address when API keys are off), held across all
+    ingress replicas: the OpenAIIngress deployment's Serve `user_config`, so they change
+    without a restart. The builder sets them from the app args; `user_config` under the
+    OpenAIIngress deployment overrides them live."""
+
+    per_key: dict[str, RateLimit] = Field(
+        default_factory=dict,
+        description="Overrides by API key name (`API_KEYS=name:key,...`); the fields an "
+        "override sets replace the defaults above.",
+    )
+
+    def for_client(self, key_name: str | None) -> RateLimit:
+        """The limits of the client with API key `key_name` (None: an address)."""
+        override = self.per_key.get(key_name) if key_name is not None else None
+        if override is None:
+            return RateLimit.model_validate(self.model_dump(exclude={"per_key"}))
+        base = self.model_dump(exclude={"per_key"})
+        return RateLimit.model_validate(base | override.model_dump(exclude_unset=True))
+
+    @property
+    def enabled(self) -> bool:
+        return super().enabled or any(limit.enabled for limit in self.per_key.values())
+
+
 class AppConfig(BaseModel):
     """Arguments of the application builder (`deployments.app:build_app`)."""
 
@@ -154,6 +198,7 @@ class AppConfig(BaseModel):
         "`reasoning_content` of responses and deltas.",
     )
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    rate_limits: RateLimits = Field(default_factory=RateLimits)
     llm_server_env: dict[str, str] = Field(
         default_factory=dict,
         description="Environment variables of the LLM-server replicas and the engine process "

@@ -13,6 +13,11 @@ CONVERTED_MODELS_SUBDIR: Final = "serve_app_models"
 # Deployment names, as serve_config.yaml's `deployments:` section refers to them.
 LLM_SERVER_DEPLOYMENT: Final = "LLMServer"
 INGRESS_DEPLOYMENT: Final = "OpenAIIngress"
+RATE_LIMITER_DEPLOYMENT: Final = "RateLimiter"
+# The OpenAIIngress user_config key the runner sets to drain the app before it stops it.
+DRAINING: Final = "draining"
+# serve_config.yaml's import_path: the application builder.
+APP_IMPORT_PATH: Final = "deployments.app:build_app"
 
 # The OpenAI routes of the ingress.
 CHAT_ROUTE: Final = "/v1/chat/completions"

@@ -26,6 +26,8 @@ MODEL_NOT_FOUND_CODE = "model_not_found"
 ENGINE_FAILED_CODE = "engine_failed"
 REPLICA_UNAVAILABLE_CODE = "replica_unavailable"
 NO_REPLICA_CODE = "no_replica"
+RATE_LIMIT_EXCEEDED_CODE = "rate_limit_exceeded"
+SHUTTING_DOWN_CODE = "shutting_down"
 
 # Seconds a client is asked to wait after a 503 (`Retry-After`): a replica whose engine failed
 # is replaced, and a full queue drains, within seconds.
@@ -47,7 +49,8 @@ class ErrorResponse(BaseModel):
 
 class OpenAIError(Exception):
     """An error to return to the client as `{"error": {message, type, param, code}}`;
-    `retry_after_s` becomes a `Retry-After` header (every 503 has one)."""
+    `retry_after_s` becomes a `Retry-After` header (every 503 and 429 has one), sent with
+    `headers`."""
 
     def __init__(
         self,
@@ -57,8 +60,11 @@ class OpenAIError(Exception):
         param: str | None = None,
         code: str | None = None,
         retry_after_s: int | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(message, status_code, type, param, code, retry_after_s)
+        self.extra_headers = dict(headers or {})
+        # The constructor's arguments, so that a pickled copy (across Ray) is the same error.
+        super().__init__(message, status_code, type, param, code, retry_after_s, self.extra_headers)
         self.message = message
         self.status_code = int(status_code)
         self.type = type
@@ -67,7 +73,8 @@ class OpenAIError(Exception):
         self.retry_after_s = retry_after_s
 
     def headers(self) -> dict[str, str]:
-        return {} if self.retry_after_s is None else {"Retry-After": str(self.retry_after_s)}
+        retry = {} if self.retry_after_s is None else {"Retry-After": str(self.retry_after_s)}
+        return self.extra_headers | retry
 
     def response_body(self) -> ErrorResponse:
         return ErrorResponse(
@@ -79,6 +86,10 @@ class OpenAIError(Exception):
 
 def invalid_request(message: str, param: str | None = None, code: str | None = None) -> OpenAIError:
     return OpenAIError(message, HTTPStatus.BAD_REQUEST, INVALID_REQUEST, param, code)
+
+
+def invalid_json(message: str = "The request body is not valid JSON.") -> OpenAIError:
+    return invalid_request(message, None, INVALID_JSON_CODE)
 
 
 def context_length_exceeded(message: str, param: str) -> OpenAIError:
@@ -170,6 +181,11 @@ def from_status(status_code: int, message: str, param: str | None = None) -> Ope
     return OpenAIError(message, status_code, error_type, param, code)
 
 
+# Pydantic's errors for a body that is no JSON object: another JSON value, or raw bytes (FastAPI
+# parses a body as JSON only when its Content-Type says it is).
+_NOT_AN_OBJECT = ("model_type", "model_attributes_type", "dict_type")
+
+
 def from_validation_errors(errors: Sequence[Mapping[str, Any]]) -> OpenAIError:
     """The first of pydantic's validation errors of a request body, phrased for a client, with
     the offending parameter's path."""
@@ -177,10 +193,34 @@ def from_validation_errors(errors: Sequence[Mapping[str, Any]]) -> OpenAIError:
     location = [str(part) for part in first.get("loc", ()) if part != "body"]
     param = ".".join(location) or None
     if first.get("type") == "json_invalid":
-        return invalid_request("The request body is not valid JSON.", None, INVALID_JSON_CODE)
+        return invalid_json()
     if first.get("type") == "extra_forbidden":
         return invalid_request(f"Unrecognized request argument supplied: {param}", param)
     if first.get("type") == "missing" and not location:
-        return invalid_request("The request body is missing.", None, INVALID_JSON_CODE)
+        return invalid_json("The request body is missing.")
+    if first.get("type") in _NOT_AN_OBJECT and not location:  # e.g. sent as text/plain
+        return invalid_json(
+            "The request body must be a JSON object, sent with Content-Type: application/json."
+        )
     message = first.get("msg", "Invalid request")
     return invalid_request(f"{message} (parameter: {param})" if param else message, param)
+
+
+def shutting_down() -> OpenAIError:
+    """The service is draining before it stops: requests in flight finish, new ones go elsewhere."""
+    return service_unavailable("The service is shutting down; retry shortly.", SHUTTING_DOWN_CODE)
+
+
+def rate_limit_exceeded(
+    limit: str, message: str, retry_after_s: int, headers: Mapping[str, str]
+) -> OpenAIError:
+    """A 429 as OpenAI sends it: `type` names the limit hit (`requests` or `tokens`)."""
+    return OpenAIError(
+        message,
+        HTTPStatus.TOO_MANY_REQUESTS,
+        limit,
+        None,
+        RATE_LIMIT_EXCEEDED_CODE,
+        retry_after_s,
+        headers,
+    )

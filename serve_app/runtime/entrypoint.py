@@ -51,6 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat
 from ray._common import utils as ray_utils  # where `ray start` records its address
 
 from serve_app.core.constants import HEALTH_ROUTE
+from serve_app.runtime.haproxy_processes import HAProxyReaper
 from serve_app.runtime.readiness import wait_healthy
 from serve_app.runtime.runner import with_serve_defaults
 from serve_app.runtime.serve_config import load_deploy_config, metrics_export_port
@@ -298,9 +299,11 @@ def wait_until_healthy(
     return True
 
 
-def supervise(app: Child, head: Child, stop: threading.Event) -> int:
-    """Wait for a stop request (0), or fail (non-zero) when a child dies on its own."""
+def supervise(app: Child, head: Child, stop: threading.Event, reaper: HAProxyReaper) -> int:
+    """Wait for a stop request (0), or fail (non-zero) when a child dies on its own; note
+    Serve's HAProxy processes meanwhile."""
     while not stop.wait(POLL_S):
+        reaper.remember()
         for child in (app, head):
             if (code := child.exit_code()) is not None:
                 logger.error("The %s exited on its own with code %s", child.name, code)
@@ -315,6 +318,7 @@ def run_app(
     settings: EntrypointSettings,
     head: Child,
     stop: threading.Event,
+    reaper: HAProxyReaper,
 ) -> int:
     """`python -m serve_app serve` on the head: health-gated start, supervision, drain."""
     command = [sys.executable, "-m", "serve_app", "serve", str(config_path)]
@@ -323,7 +327,7 @@ def run_app(
     try:
         url = f"http://127.0.0.1:{port}{HEALTH_ROUTE}"
         if wait_until_healthy(app, head, url, settings.startup_timeout_s, stop):
-            exit_code = supervise(app, head, stop)
+            exit_code = supervise(app, head, stop, reaper)
     finally:
         drained = app.stop(settings.shutdown_timeout_s)
         if stop.is_set() and not (drained and app.exit_code() == 0):
@@ -344,16 +348,19 @@ def run(config_path: Path, env: Mapping[str, str], stop: threading.Event) -> int
         ensure_auth_token(head_env)
     logger.info("Starting the Ray head: %s", shlex.join(command))
     head = Child("Ray head", command, head_env, RAY_STARTED_MARKER)
+    reaper = HAProxyReaper()
     exit_code = 0
     try:
         wait_for_ray_head(head, stop)
         if not stop.is_set():
             app_env = {**head_env, "RAY_ADDRESS": f"{node_ip}:{settings.ray_port}"}
             port = config.http_options.port
-            exit_code = run_app(config_path, port, app_env, settings, head, stop)
+            exit_code = run_app(config_path, port, app_env, settings, head, stop, reaper)
     finally:
         if not head.stop(settings.shutdown_timeout_s):
             exit_code = exit_code or 1
+        if left := reaper.reap():  # Ray stopped before Serve could stop them
+            logger.warning("Stopped %d HAProxy process(es) left running by Serve", left)
         forget_ray_address(
             ray_address_file(settings.ray_start_args), f"{node_ip}:{settings.ray_port}"
         )

@@ -16,7 +16,7 @@ import ray
 from ray import serve
 from ray.serve.schema import ServeDeploySchema
 
-from serve_app.core.constants import DEFAULT_MODEL_ID, LLM_SERVER_DEPLOYMENT
+from serve_app.core.constants import DEFAULT_MODEL_ID, INGRESS_DEPLOYMENT, LLM_SERVER_DEPLOYMENT
 from serve_app.runtime.runner import deploy, wait_until_running, with_serve_defaults
 from serve_app.runtime.serve_config import derive, load_deploy_config
 from tests.ports import free_port
@@ -73,3 +73,8 @@ def redeploy_llm_server(shipped: ServeDeploySchema, **options: Any) -> None:
     """Deploy the session's config with `options` set on its LLMServer deployment (none: the
     shipped config again), as a user would with `serve deploy` on a running app."""
     deploy(derive(shipped, deployments={LLM_SERVER_DEPLOYMENT: options}))
+
+
+def redeploy_ingress(shipped: ServeDeploySchema, **options: Any) -> None:
+    """The same, with `options` set on the OpenAIIngress deployment."""
+    deploy(derive(shipped, deployments={INGRESS_DEPLOYMENT: options}))

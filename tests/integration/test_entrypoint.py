@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,13 +27,20 @@ import ray.util
 import yaml
 
 from serve_app.core.constants import DEFAULT_MODEL_ID
+from tests.integration.test_prometheus import (
+    APP_SCRAPE_CONFIG,
+    REQUIRE_ENV,
+    _fast,
+    _run_prometheus,
+)
 from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 600  # a bound for a loaded machine; about 2 minutes when idle
 EXIT_TIMEOUT_S = 150
 RAY_GONE_TIMEOUT_S = 30
-DRAINED_STREAM_TOKENS = 256  # several seconds on CPU: the stream is in flight at SIGTERM
+DRAINED_STREAM_TOKENS = 400  # several seconds on CPU: the stream is in flight at SIGTERM
+DRAIN_NOTICE_TIMEOUT_S = 10
 
 
 @dataclass
@@ -108,6 +116,41 @@ def _node_ip() -> str:
     return ray.util.get_node_ip_address()
 
 
+def _first_refusal(entrypoint: Entrypoint, key: str) -> httpx.Response:
+    """The first answer other than 200 to short requests sent one after another (bounded)."""
+    body = {"model": DEFAULT_MODEL_ID, "prompt": "Hi", "max_tokens": 1}
+    headers = {"Authorization": f"Bearer {key}"}
+    deadline = time.monotonic() + DRAIN_NOTICE_TIMEOUT_S
+    while time.monotonic() < deadline:
+        response = httpx.post(
+            f"{entrypoint.base_url}/v1/completions", json=body, headers=headers, timeout=30
+        )
+        if response.status_code != 200:
+            return response
+        time.sleep(0.1)
+    pytest.fail(f"no request refused within {DRAIN_NOTICE_TIMEOUT_S}s of SIGTERM")
+
+
+def assert_prometheus_scrapes_with_a_key(entrypoint: Entrypoint, key: str, folder: Path) -> None:
+    """The shipped one-node scrape config, with its API-key lines uncommented as its comment
+    says, scrapes the app's /metrics (if Prometheus is installed; CI installs it)."""
+    binary = shutil.which("prometheus")
+    if binary is None and not os.environ.get(REQUIRE_ENV):
+        return
+    assert binary is not None, f"prometheus not on PATH ({REQUIRE_ENV} is set)"
+    key_file = folder / "api_key"
+    key_file.write_text(key)
+    config = _fast(yaml.safe_load(APP_SCRAPE_CONFIG.read_text()))
+    (job,) = config["scrape_configs"]
+    job["static_configs"] = [{"targets": [f"127.0.0.1:{entrypoint.http_port}"]}]
+    job["authorization"] = {"credentials_file": str(key_file)}
+    assert "#   credentials_file:" in APP_SCRAPE_CONFIG.read_text()
+    (folder / "prometheus").mkdir()
+    with contextmanager(_run_prometheus)(binary, config, folder / "prometheus") as prometheus:
+        prometheus.wait_for('up{job="llm-serving"} == 1')
+        prometheus.wait_for('ray_llm_requests_total{route="/v1/chat/completions"}')
+
+
 @pytest.fixture
 def start_entrypoint(tmp_path: Path) -> Iterator[Callable[..., Entrypoint]]:
     """Start the entrypoint with extra environment; kill whatever is left at the end."""
@@ -160,7 +203,9 @@ def start_entrypoint(tmp_path: Path) -> Iterator[Callable[..., Entrypoint]]:
 
 
 @pytest.mark.timeout(STARTUP_TIMEOUT_S + EXIT_TIMEOUT_S + 120)
-def test_entrypoint_serves_the_model_and_drains_on_sigterm(start_entrypoint) -> None:
+def test_entrypoint_serves_the_model_and_drains_on_sigterm(
+    start_entrypoint: Callable[..., Entrypoint], tmp_path: Path
+) -> None:
     entrypoint = start_entrypoint(API_KEYS="first-key,second-key")
     entrypoint.wait_healthy()
     address_record = Path(entrypoint.ray_temp) / "ray_current_cluster"  # what `ray start` wrote
@@ -181,6 +226,7 @@ def test_entrypoint_serves_the_model_and_drains_on_sigterm(start_entrypoint) -> 
         temperature=0,
     )
     assert "Paris" in reply.choices[0].message.content
+    assert_prometheus_scrapes_with_a_key(entrypoint, "second-key", tmp_path)
     # The head exports Ray's metrics on the config's metrics.export_port.
     scrape = httpx.get(f"http://127.0.0.1:{entrypoint.metrics_port}/metrics", timeout=10)
     assert scrape.status_code == 200
@@ -201,6 +247,11 @@ def test_entrypoint_serves_the_model_and_drains_on_sigterm(start_entrypoint) -> 
     chunks = iter(stream)
     next(chunks)
     entrypoint.process.send_signal(signal.SIGTERM)
+    # While the stream is in flight, a new request gets an OpenAI 503, never HAProxy's 404.
+    refused = _first_refusal(entrypoint, "second-key")
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["error"]["code"] == "shutting_down"
+    assert refused.headers["retry-after"] == "1"
     rest = list(chunks)  # before the drain, HAProxy was killed at once: a connection error
     assert rest[-1].usage.completion_tokens == DRAINED_STREAM_TOKENS
     assert [c.choices[0].finish_reason for c in rest if c.choices][-1] == "length"

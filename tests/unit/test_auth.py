@@ -1,7 +1,9 @@
 """API keys: every route but /health needs a valid bearer key once keys are configured."""
 
+import hashlib
+
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
 from serve_app.api.middleware.auth import APIKeyMiddleware, keys_from_env
@@ -58,3 +60,19 @@ def test_keys_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
     assert keys_from_env() == ("a", "b")
     monkeypatch.delenv("API_KEYS")
     assert keys_from_env() == ()
+
+
+def test_a_key_may_be_named_and_the_name_reaches_the_route() -> None:
+    app = FastAPI()
+    app.add_middleware(APIKeyMiddleware, keys=["alice:sk-a", "sk-b"])
+
+    @app.get("/v1/models")
+    def models(request: Request) -> dict:
+        return {"name": request.state.api_key_name}
+
+    api = TestClient(app)
+    named = api.get("/v1/models", headers={"Authorization": "Bearer sk-a"})
+    assert named.json() == {"name": "alice"}
+    unnamed = api.get("/v1/models", headers={"Authorization": "Bearer sk-b"})
+    assert unnamed.json() == {"name": f"key-{hashlib.sha256(b'sk-b').hexdigest()[:8]}"}
+    assert api.get("/v1/models", headers={"Authorization": "Bearer alice:sk-a"}).status_code == 401

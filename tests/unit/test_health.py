@@ -2,6 +2,7 @@
 milliseconds of CPU), and generation is refused only on a fresh count of zero."""
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -90,3 +91,24 @@ def test_after_a_failure_each_request_asks_afresh_and_shares_one_question(
 
     before, after = asyncio.run(scenario())
     assert 1 <= after - before <= 2  # five requests, one or two questions
+
+
+def test_while_draining_generation_and_health_get_a_503_shutting_down(
+    controller: Controller,
+) -> None:
+    async def scenario() -> tuple[OpenAIError, Any, Any]:
+        service = ServiceHealth("llm", AppConfig())
+        service.drain(True)
+        with pytest.raises(OpenAIError) as refused:
+            await service.require_replica()
+        draining = await service.response()
+        service.drain(False)
+        await service.require_replica()
+        return refused.value, draining, await service.response()
+
+    refused, draining, after = asyncio.run(scenario())
+    assert (refused.status_code, refused.code) == (503, "shutting_down")
+    assert refused.headers() == {"Retry-After": "1"}
+    assert draining.status_code == 503 and draining.headers["retry-after"] == "1"
+    assert json.loads(draining.body)["status"] == "draining"
+    assert after.status_code == 200

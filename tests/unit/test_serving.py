@@ -15,9 +15,11 @@ from typing import Any
 import pytest
 from fastapi.responses import JSONResponse
 
+from deployments.rate_limiter import RateLimiter
 from serve_app.api.llm_client import LLMServerClient
 from serve_app.api.openai_api import OpenAIAPI
-from serve_app.core.config import AppConfig, MetricsConfig
+from serve_app.api.rate_limits import RateLimitClient
+from serve_app.core.config import AppConfig, MetricsConfig, RateLimits
 from serve_app.core.errors import OpenAIError
 from serve_app.observability.metrics import IngressMetrics
 from serve_app.vllm_compat import (
@@ -59,6 +61,7 @@ async def stack(
     reasoning_parser: str | None = None,
     config: AppConfig | None = None,
     exits: list[bool] | None = None,
+    rate_limits: RateLimits | None = None,
     **engine: Any,
 ) -> Stack:
     config = config or app_config(model)
@@ -69,7 +72,11 @@ async def stack(
         served_name=config.served_name, model_path=str(model), reasoning_parser=reasoning_parser
     )
     metrics = IngressMetrics(config.served_name, MetricsConfig())
-    return Stack(server, fake, OpenAIAPI(client, settings, str(model), metrics), handle)
+    limiter = RateLimitClient(
+        InProcessHandle(RateLimiter.func_or_class()),  # type: ignore[arg-type]
+        rate_limits or RateLimits(),
+    )
+    return Stack(server, fake, OpenAIAPI(client, settings, str(model), metrics, limiter), handle)
 
 
 async def body(response: Any) -> Any:

@@ -1,0 +1,78 @@
+"""Faults in front of the engine: an ingress replica killed, HAProxy killed. Clients see
+answers, never a cut connection, and the front is whole again within a bound.
+
+Run with `-s` to see the figures the README quotes.
+"""
+
+import time
+from collections.abc import Callable
+
+import httpx
+import psutil
+import ray
+
+from serve_app.core.constants import INGRESS_DEPLOYMENT
+from serve_app.runtime.haproxy_processes import is_serve_haproxy
+
+RECOVERY_BOUND_S = 120
+PROBE_EVERY_S = 0.2
+
+
+def ingress_actors() -> list[str]:
+    return [
+        actor["name"]
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if f"#{INGRESS_DEPLOYMENT}#" in actor["name"]
+    ]
+
+
+def ask(base_url: str, model: str) -> int | str:
+    """One short completion on a connection of its own: its status, or the transport error."""
+    body = {"model": model, "prompt": "Hi", "max_tokens": 1}
+    try:
+        return httpx.post(f"{base_url}/v1/completions", json=body, timeout=60).status_code
+    except httpx.TransportError as exc:
+        return type(exc).__name__
+
+
+def probe_until(base_url: str, model: str, done: Callable[[], bool]) -> tuple[list, float]:
+    """Requests every PROBE_EVERY_S until `done()` (bounded): their outcomes, and when."""
+    start, outcomes = time.monotonic(), []
+    while not done():
+        assert time.monotonic() - start < RECOVERY_BOUND_S, f"not recovered: {outcomes[-5:]}"
+        outcomes.append(ask(base_url, model))
+        time.sleep(PROBE_EVERY_S)
+    return outcomes, time.monotonic() - start
+
+
+def test_a_killed_ingress_replica_is_replaced_while_the_other_answers(
+    base_url: str, model: str
+) -> None:
+    before = set(ingress_actors())
+    assert len(before) == 2
+    victim = sorted(before)[0]
+    ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+
+    def replaced() -> bool:
+        names = set(ingress_actors())
+        return len(names) == 2 and victim not in names and ask(base_url, model) == 200
+
+    outcomes, seconds = probe_until(base_url, model, replaced)
+    print(
+        f"\ningress replica killed: {len(outcomes)} requests meanwhile, replaced in {seconds:.1f}s"
+    )
+    assert outcomes and set(outcomes) == {200}, outcomes
+
+
+def test_a_killed_haproxy_is_started_again(base_url: str, model: str) -> None:
+    haproxies = [p for p in psutil.Process().children(recursive=True) if is_serve_haproxy(p)]
+    assert haproxies, "no Serve HAProxy under this session"
+    for haproxy in haproxies:
+        haproxy.kill()
+    psutil.wait_procs(haproxies, timeout=10)
+    outcomes, seconds = probe_until(base_url, model, lambda: ask(base_url, model) == 200)
+    print(f"\nHAProxy killed: answering again after {seconds:.1f}s; meanwhile {set(outcomes)}")
+    # Until Serve's controller restarts it (its health check fails 3 times, 10 s apart),
+    # nothing listens: connections are refused; the new HAProxy answers 404 until it has the
+    # app's route. Never a request half answered.
+    assert set(outcomes) <= {"ConnectError", 404}, outcomes

@@ -1,0 +1,87 @@
+"""How `python -m serve_app serve` stops when SIGTERM reaches its whole process group at once
+(`kill -- -PGID`, as some supervisors and scripts stop a service): nothing is left behind,
+and the port is free for the next start.
+
+The runner starts in a session of its own with a Ray of its own (free ports), beside the
+session's deployment.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from serve_app.runtime.haproxy_processes import is_serve_haproxy
+from tests.ports import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+STARTUP_TIMEOUT_S = 600
+EXIT_TIMEOUT_S = 150
+GONE_TIMEOUT_S = 30
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.fixture
+def runner(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, int]]:
+    port = free_port()
+    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    config["applications"][0]["args"]["metrics"]["export_port"] = free_port()
+    config_path = tmp_path / "serve_config.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    env |= {
+        "PORT": str(port),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "PYTHONUNBUFFERED": "1",
+    }
+    log = tmp_path / "serve.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "serve_app", "serve", str(config_path)],
+            cwd=REPO,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, as a supervisor starts it
+        )
+    yield process, log, port
+    if process.poll() is None:
+        for child in psutil.Process(process.pid).children(recursive=True):
+            child.kill()
+        process.kill()
+        process.wait()
+
+
+def serve_haproxies(root: int) -> list[psutil.Process]:
+    return [p for p in psutil.Process(root).children(recursive=True) if is_serve_haproxy(p)]
+
+
+def test_sigterm_to_the_whole_process_group_leaves_no_haproxy_and_frees_the_port(
+    runner: tuple[subprocess.Popen[bytes], Path, int],
+) -> None:
+    process, log, port = runner
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while "Serving on http://" not in log.read_text(errors="replace"):
+        assert process.poll() is None, log.read_text(errors="replace")[-5000:]
+        assert time.monotonic() < deadline, "not serving in time"
+        time.sleep(1)
+    haproxies = serve_haproxies(process.pid)
+    assert haproxies, "Serve's HAProxy was not found under the runner"
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=EXIT_TIMEOUT_S)
+    _, alive = psutil.wait_procs(haproxies, timeout=GONE_TIMEOUT_S)
+    assert not alive, f"HAProxy left running: {[p.pid for p in alive]}\n{log.read_text()[-3000:]}"
+    assert port_free(port)
