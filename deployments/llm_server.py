@@ -68,6 +68,7 @@ class LLMServer:
         self._config = config
         self._exit_replica = exit_replica
         self._failure: EngineFailure | None = None
+        self._stopping = False
         self._watchdog = EngineWatchdog(config.engine_stall_timeout_s)
         self._accelerator = accelerator
         if accelerator == "cpu":
@@ -104,8 +105,9 @@ class LLMServer:
 
     def _fail(self, failure: EngineFailure) -> None:
         """Fail this replica once: a stalled engine is killed, so its requests end with
-        `EngineDeadError` like a dead one's; then the process exits."""
-        if self._failure is not None:
+        `EngineDeadError` like a dead one's; then the process exits. Not while Serve stops the
+        replica: its engine is then shut down on purpose."""
+        if self._failure is not None or self._stopping:
             return
         self._failure = failure
         self._metrics.engine_failures.inc(tags={"failure": failure})
@@ -208,5 +210,9 @@ class LLMServer:
         await self._engine.check_health()
 
     def __del__(self) -> None:
+        """Serve stops the replica: the engine is shut down on purpose, not failed."""
+        self._stopping = True
+        if supervisor := getattr(self, "_supervisor", None):
+            supervisor.cancel()
         if engine := getattr(self, "_engine", None):
             engine.shutdown()

@@ -51,7 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat
 from ray._common import utils as ray_utils  # where `ray start` records its address
 
 from serve_app.core.constants import HEALTH_ROUTE
-from serve_app.runtime.haproxy_processes import HAProxyReaper
+from serve_app.runtime.leftovers import Reaper
 from serve_app.runtime.readiness import wait_healthy
 from serve_app.runtime.runner import with_serve_defaults
 from serve_app.runtime.serve_config import load_deploy_config, metrics_export_port
@@ -299,9 +299,9 @@ def wait_until_healthy(
     return True
 
 
-def supervise(app: Child, head: Child, stop: threading.Event, reaper: HAProxyReaper) -> int:
+def supervise(app: Child, head: Child, stop: threading.Event, reaper: Reaper) -> int:
     """Wait for a stop request (0), or fail (non-zero) when a child dies on its own; note
-    Serve's HAProxy processes meanwhile."""
+    the processes under this one meanwhile."""
     while not stop.wait(POLL_S):
         reaper.remember()
         for child in (app, head):
@@ -318,7 +318,7 @@ def run_app(
     settings: EntrypointSettings,
     head: Child,
     stop: threading.Event,
-    reaper: HAProxyReaper,
+    reaper: Reaper,
 ) -> int:
     """`python -m serve_app serve` on the head: health-gated start, supervision, drain."""
     command = [sys.executable, "-m", "serve_app", "serve", str(config_path)]
@@ -348,7 +348,7 @@ def run(config_path: Path, env: Mapping[str, str], stop: threading.Event) -> int
         ensure_auth_token(head_env)
     logger.info("Starting the Ray head: %s", shlex.join(command))
     head = Child("Ray head", command, head_env, RAY_STARTED_MARKER)
-    reaper = HAProxyReaper()
+    reaper = Reaper()
     exit_code = 0
     try:
         wait_for_ray_head(head, stop)
@@ -360,7 +360,7 @@ def run(config_path: Path, env: Mapping[str, str], stop: threading.Event) -> int
         if not head.stop(settings.shutdown_timeout_s):
             exit_code = exit_code or 1
         if left := reaper.reap():  # Ray stopped before Serve could stop them
-            logger.warning("Stopped %d HAProxy process(es) left running by Serve", left)
+            logger.warning("Stopped what the run left running: %s", ", ".join(left))
         forget_ray_address(
             ray_address_file(settings.ray_start_args), f"{node_ip}:{settings.ray_port}"
         )

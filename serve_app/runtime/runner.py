@@ -5,7 +5,7 @@ It validates the config, applies PORT to http_options, starts (or joins) Ray and
 deploys the applications, then waits: it exits non-zero with Serve's message as soon as an
 application fails to deploy, and on SIGINT/SIGTERM lets in-flight requests finish, then shuts
 Serve down. Where it starts Ray, it first clears an HAProxy an earlier run left on its port,
-and starts a watcher that leaves none behind however the runner ends (`haproxy_processes`).
+and starts a watcher that leaves none behind however the runner ends (`leftovers`).
 """
 
 import os
@@ -28,7 +28,7 @@ from serve_app.core.constants import (
     ONE_HOST_SERVE_ENV_DEFAULTS,
     SERVE_ENV_DEFAULTS,
 )
-from serve_app.runtime.haproxy_processes import PortInUseError, clear_port, start_watcher
+from serve_app.runtime.leftovers import PortInUseError, clear_port, start_watcher
 from serve_app.runtime.serve_config import derive, load_deploy_config, metrics_export_port
 
 _POLL_SECONDS = 1.0
@@ -107,7 +107,8 @@ def run(path: Path) -> int:
         ray.init(
             address="local", namespace="serve", _metrics_export_port=metrics_export_port(config)
         )
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    for signum in (signal.SIGTERM, signal.SIGINT):  # drain, then exit 0 (no traceback)
+        signal.signal(signum, lambda *_: sys.exit(0))
     names = [app.name for app in config.applications]
     try:
         deploy(config)

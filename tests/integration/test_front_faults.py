@@ -12,7 +12,7 @@ import psutil
 import ray
 
 from serve_app.core.constants import INGRESS_DEPLOYMENT
-from serve_app.runtime.haproxy_processes import is_serve_haproxy
+from serve_app.runtime.leftovers import is_serve_haproxy
 
 RECOVERY_BOUND_S = 120
 PROBE_EVERY_S = 0.2

@@ -19,7 +19,7 @@ import psutil
 import pytest
 import yaml
 
-from serve_app.runtime.haproxy_processes import is_serve_haproxy
+from serve_app.runtime.leftovers import is_serve_haproxy
 from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,10 +65,6 @@ def runner(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, int]
         process.wait()
 
 
-def serve_haproxies(root: int) -> list[psutil.Process]:
-    return [p for p in psutil.Process(root).children(recursive=True) if is_serve_haproxy(p)]
-
-
 def test_sigterm_to_the_whole_process_group_leaves_no_haproxy_and_frees_the_port(
     runner: tuple[subprocess.Popen[bytes], Path, int],
 ) -> None:
@@ -78,10 +74,15 @@ def test_sigterm_to_the_whole_process_group_leaves_no_haproxy_and_frees_the_port
         assert process.poll() is None, log.read_text(errors="replace")[-5000:]
         assert time.monotonic() < deadline, "not serving in time"
         time.sleep(1)
-    haproxies = serve_haproxies(process.pid)
+    started = psutil.Process(process.pid).children(recursive=True)  # Ray, replicas, engine
+    haproxies = [p for p in started if is_serve_haproxy(p)]
     assert haproxies, "Serve's HAProxy was not found under the runner"
+    signalled = time.monotonic()
     os.killpg(process.pid, signal.SIGTERM)
     process.wait(timeout=EXIT_TIMEOUT_S)
-    _, alive = psutil.wait_procs(haproxies, timeout=GONE_TIMEOUT_S)
-    assert not alive, f"HAProxy left running: {[p.pid for p in alive]}\n{log.read_text()[-3000:]}"
+    exited = time.monotonic() - signalled
+    _, alive = psutil.wait_procs(started, timeout=GONE_TIMEOUT_S)
+    left = [f"{p.pid} {p.name()}" for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+    print(f"\ngroup SIGTERM: the runner exited after {exited:.1f}s; left: {left}")
+    assert not left, f"left running: {left}\n{log.read_text()[-3000:]}"
     assert port_free(port)

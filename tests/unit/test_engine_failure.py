@@ -101,6 +101,21 @@ def test_an_idle_engine_never_stalls_and_a_live_setting_turns_the_watchdog_off(
     assert run(scenario()) == (False, [])
 
 
+def test_an_engine_shut_down_because_serve_stops_the_replica_is_no_failure(
+    model: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> list[bool]:
+        exits: list[bool] = []
+        server, fake = await start_llm_server(app_config(model), exits)
+        server.__del__()  # what Serve calls when it stops the replica
+        fake.die()  # the engine process is gone, as after `shutdown()`
+        await asyncio.sleep(1.0)  # past the supervisor's check and the failed-replica exit
+        return exits
+
+    assert run(scenario()) == []
+    assert "The engine died" not in caplog.text
+
+
 class Replicas(InProcessHandle):
     """A Serve handle over several in-process LLMServers, taken in turn for `generate`."""
 
