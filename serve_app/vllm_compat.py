@@ -13,29 +13,26 @@ import inspect
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeAlias
 
 import vllm
 from packaging.version import Version
 from prometheus_client import REGISTRY
+from pydantic import BaseModel, ModelWrapValidatorHandler, model_validator
 from vllm import AsyncEngineArgs, SamplingParams
-from vllm.entrypoints.openai.chat_completion.protocol import (
-    ChatCompletionRequest,
-    ChatCompletionResponse,
-)
+from vllm.entrypoints.openai.chat_completion import protocol as chat_protocol
+from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionResponse
 from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
-from vllm.entrypoints.openai.completion.protocol import CompletionRequest, CompletionResponse
+from vllm.entrypoints.openai.completion import protocol as completion_protocol
+from vllm.entrypoints.openai.completion.protocol import CompletionResponse
 from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
 from vllm.entrypoints.openai.models.protocol import BaseModelPath
 from vllm.entrypoints.openai.models.serving import OpenAIServingModels
-from vllm.entrypoints.openai.responses.protocol import ResponsesRequest, ResponsesResponse
+from vllm.entrypoints.openai.responses import protocol as responses_protocol
+from vllm.entrypoints.openai.responses.protocol import ResponsesResponse
 from vllm.entrypoints.openai.responses.serving import OpenAIServingResponses
-from vllm.entrypoints.serve.tokenize.protocol import (
-    DetokenizeRequest,
-    DetokenizeResponse,
-    TokenizeRequest,
-    TokenizeResponse,
-)
+from vllm.entrypoints.serve.tokenize import protocol as tokenize_protocol
+from vllm.entrypoints.serve.tokenize.protocol import DetokenizeResponse, TokenizeResponse
 from vllm.entrypoints.serve.tokenize.serving import ServingTokenization
 from vllm.outputs import RequestOutput
 from vllm.renderers import renderer_from_config
@@ -80,8 +77,59 @@ __all__ = [
 
 # What vLLM raises for a request it refuses (bad parameters, unknown token ids...).
 REQUEST_ERRORS: tuple[type[Exception], ...] = (ValueError, _RequestError)
+# What vLLM's request models raise for a field they refuse, outside pydantic's errors (0.32;
+# 0.26's is a ValueError, which pydantic turns into a validation error).
+REQUEST_MODEL_ERROR: type[Exception] = _RequestError
 # What `generate` raises once the engine process is gone (every request in flight gets it).
 ENGINE_DEAD_ERRORS: tuple[type[Exception], ...] = (EngineDeadError,)
+
+
+# ---- request models ------------------------------------------------------------------------
+
+
+class _RefusesMalformedBodies(BaseModel):
+    """Mixed into vLLM's request models. Their `before` validators read the raw body as if it
+    had the right shape (`for msg in messages`, `kwargs.get(...)`): a body that has not
+    (`"messages": false`) raised a TypeError or AttributeError, which pydantic does not make a
+    validation error, so the client got a 500. Here it is one (a 400)."""
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _refuse_malformed(cls, data: Any, handler: ModelWrapValidatorHandler[Any]) -> Any:
+        try:
+            return handler(data)
+        except (TypeError, AttributeError, KeyError, IndexError) as exc:
+            raise ValueError(f"The request body is malformed ({exc}).") from exc
+
+
+class ChatCompletionRequest(chat_protocol.ChatCompletionRequest, _RefusesMalformedBodies):
+    """vLLM's, refusing a malformed body as a validation error."""
+
+
+class CompletionRequest(completion_protocol.CompletionRequest, _RefusesMalformedBodies):
+    """vLLM's, refusing a malformed body as a validation error."""
+
+
+class ResponsesRequest(responses_protocol.ResponsesRequest, _RefusesMalformedBodies):
+    """vLLM's, refusing a malformed body as a validation error."""
+
+
+class TokenizeCompletionRequest(
+    tokenize_protocol.TokenizeCompletionRequest, _RefusesMalformedBodies
+):
+    """vLLM's, refusing a malformed body as a validation error."""
+
+
+class TokenizeChatRequest(tokenize_protocol.TokenizeChatRequest, _RefusesMalformedBodies):
+    """vLLM's, refusing a malformed body as a validation error."""
+
+
+TokenizeRequest: TypeAlias = TokenizeCompletionRequest | TokenizeChatRequest
+
+
+class DetokenizeRequest(tokenize_protocol.DetokenizeRequest, _RefusesMalformedBodies):
+    """vLLM's, refusing a malformed body as a validation error."""
+
 
 EngineMetrics = Literal["ray", "local", "off"]
 _KV_CACHE_USAGE = "vllm:kv_cache_usage_perc"
@@ -354,11 +402,6 @@ def _construct(cls: type, *args: Any, **kwargs: Any) -> Any:
 def error_response(exc: Exception) -> ErrorResponse:
     """What vLLM's own server answers for an exception its serving classes raised."""
     return create_error_response(exc)
-
-
-def is_vllm_error(exc: Exception) -> bool:
-    """Raised by vLLM itself (its request models' checks raise outside pydantic's errors)."""
-    return type(exc).__module__.split(".")[0] == "vllm"
 
 
 def error_fields(error: ErrorResponse) -> tuple[int, str, str | None]:

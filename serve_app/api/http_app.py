@@ -23,9 +23,10 @@ from serve_app.core.errors import (
     from_status,
     from_validation_errors,
     internal_error,
+    invalid_json,
 )
 from serve_app.observability.metrics import UNMATCHED_ROUTE, IngressMetrics
-from serve_app.vllm_compat import error_fields, is_vllm_error
+from serve_app.vllm_compat import REQUEST_MODEL_ERROR, error_fields
 from serve_app.vllm_compat import error_response as vllm_error_response
 
 logger = logging.getLogger("ray.serve")
@@ -53,14 +54,21 @@ def create_app() -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc.__cause__, ValueError | RecursionError):
+            # FastAPI's 400 for a JSON body its decoder failed on other than as a syntax error:
+            # not UTF-8, nested past Python's recursion limit, an integer of over 4300 digits.
+            return error_response(request, invalid_json())
         return error_response(request, from_http_status(exc.status_code, str(exc.detail)))
+
+    @app.exception_handler(REQUEST_MODEL_ERROR)
+    async def _request_model_error(request: Request, exc: Exception) -> JSONResponse:
+        # A check of vLLM's request models, answered as vLLM answers it. Handled here, inside
+        # the middleware, not as an unexpected error: the metrics count its 4xx, not a 500,
+        # and Serve does not log it as a failed request.
+        return error_response(request, from_status(*error_fields(vllm_error_response(exc))))
 
     @app.exception_handler(Exception)
     async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-        if is_vllm_error(exc):  # e.g. a check of vLLM's request models: as vLLM answers it
-            status, message, param = error_fields(vllm_error_response(exc))
-            if status < 500:
-                return error_response(request, from_status(status, message, param))
         logger.exception("Unhandled error in the ingress")
         return error_response(request, internal_error(f"Internal error: {type(exc).__name__}"))
 
