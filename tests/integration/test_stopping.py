@@ -1,6 +1,7 @@
-"""How `python -m serve_app serve` stops when SIGTERM reaches its whole process group at once
-(`kill -- -PGID`, as some supervisors and scripts stop a service): nothing is left behind,
-and the port is free for the next start.
+"""How `python -m serve_app serve` stops, every way it is stopped: Ctrl-C (SIGINT to its
+process group), SIGTERM to it, SIGTERM to its whole process group at once (`kill -- -PGID`, as
+some supervisors and scripts stop a service), a second SIGTERM during the drain. Nothing it
+started is left behind, and the port is free for the next start.
 
 The runner starts in a session of its own with a Ray of its own (free ports), beside the
 session's deployment.
@@ -12,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -65,8 +66,28 @@ def runner(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, int]
         process.wait()
 
 
-def test_sigterm_to_the_whole_process_group_leaves_no_haproxy_and_frees_the_port(
+def ctrl_c(process: subprocess.Popen[bytes]) -> None:
+    os.killpg(process.pid, signal.SIGINT)  # what a terminal sends its foreground group
+
+
+def sigterm(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+
+
+def sigterm_to_the_group(process: subprocess.Popen[bytes]) -> None:
+    os.killpg(process.pid, signal.SIGTERM)
+
+
+def sigterm_twice(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    time.sleep(1)  # during the drain: stop without waiting
+    process.send_signal(signal.SIGTERM)
+
+
+@pytest.mark.parametrize("stop", [ctrl_c, sigterm, sigterm_to_the_group, sigterm_twice])
+def test_every_way_of_stopping_leaves_no_process_and_frees_the_port(
     runner: tuple[subprocess.Popen[bytes], Path, int],
+    stop: Callable[[subprocess.Popen[bytes]], None],
 ) -> None:
     process, log, port = runner
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -75,14 +96,13 @@ def test_sigterm_to_the_whole_process_group_leaves_no_haproxy_and_frees_the_port
         assert time.monotonic() < deadline, "not serving in time"
         time.sleep(1)
     started = psutil.Process(process.pid).children(recursive=True)  # Ray, replicas, engine
-    haproxies = [p for p in started if is_serve_haproxy(p)]
-    assert haproxies, "Serve's HAProxy was not found under the runner"
+    assert any(is_serve_haproxy(p) for p in started), "no Serve HAProxy under the runner"
     signalled = time.monotonic()
-    os.killpg(process.pid, signal.SIGTERM)
-    process.wait(timeout=EXIT_TIMEOUT_S)
+    stop(process)
+    code = process.wait(timeout=EXIT_TIMEOUT_S)
     exited = time.monotonic() - signalled
     _, alive = psutil.wait_procs(started, timeout=GONE_TIMEOUT_S)
     left = [f"{p.pid} {p.name()}" for p in alive if p.status() != psutil.STATUS_ZOMBIE]
-    print(f"\ngroup SIGTERM: the runner exited after {exited:.1f}s; left: {left}")
+    print(f"\n{stop.__name__}: the runner exited ({code}) after {exited:.1f}s; left: {left}")
     assert not left, f"left running: {left}\n{log.read_text()[-3000:]}"
     assert port_free(port)
