@@ -28,7 +28,7 @@ from serve_app.api.rate_limits import RateLimitClient, requested_tokens
 from serve_app.api.record import RequestRecord, open_record
 from serve_app.api.sse import SSEResponse
 from serve_app.core.constants import CHAT_ROUTE, COMPLETIONS_ROUTE, RESPONSES_ROUTE
-from serve_app.core.errors import OpenAIError, from_status, model_not_found
+from serve_app.core.errors import OpenAIError, from_status, invalid_request, model_not_found
 from serve_app.observability.metrics import IngressMetrics
 from serve_app.vllm_compat import (
     ChatCompletionRequest,
@@ -46,6 +46,8 @@ from serve_app.vllm_compat import (
 
 _ERROR_EVENT = 'data: {"error"'
 _DONE_EVENT = "data: [DONE]\n\n"
+# What a malformed input makes vLLM's serving classes raise before the engine sees it.
+_MALFORMED = (IndexError, KeyError, TypeError, AttributeError)
 
 
 class OpenAIAPI:
@@ -140,6 +142,14 @@ class OpenAIAPI:
         except OpenAIError as exc:
             record.finish(self._metrics, exc.type)
             raise
+        except _MALFORMED as exc:
+            if record.request_ids:  # it reached the engine: not the request's shape
+                raise
+            # vLLM's serving classes read some inputs as if well formed (an assistant
+            # message with an empty content list: IndexError): the request is at fault.
+            error = invalid_request(f"The request could not be processed: {exc}.")
+            record.finish(self._metrics, error.type)
+            raise error from exc
         except Exception as exc:  # what vLLM's own server renders through its handlers
             error = self._mapped(error_response(exc), record)
             record.finish(self._metrics, error.type)

@@ -183,19 +183,24 @@ def requested_tokens(request: Any, texts: list[str], max_model_len: int) -> int:
         (
             value
             for name in ("max_completion_tokens", "max_tokens", "max_output_tokens")
-            if (value := getattr(request, name, None)) is not None
+            if isinstance(value := getattr(request, name, None), int)
         ),
         None,
     )
-    output = max(0, max_model_len - prompt) if most is None else max(0, int(most))
-    choices = getattr(request, "n", None) or 1
-    prompts = _prompt_count(getattr(request, "prompt", None))
-    return prompt + output * choices * prompts
+    output = max(0, max_model_len - prompt) if most is None else max(0, most)
+    n = getattr(request, "n", None)
+    choices = n if isinstance(n, int) and n > 0 else 1
+    return prompt + output * choices * _prompt_count(_completion_prompt(request))
+
+
+def _completion_prompt(request: Any) -> Any:
+    """A completion request's prompt (a Responses request's `prompt` is something else)."""
+    return None if hasattr(request, "input") else getattr(request, "prompt", None)
 
 
 def _prompt_tokens(request: Any, texts: list[str]) -> int:
     tokens = math.ceil(sum(map(len, texts)) / CHARS_PER_TOKEN)
-    prompt = getattr(request, "prompt", None)  # completions may send token ids
+    prompt = _completion_prompt(request)  # completions may send token ids
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
         tokens += len(prompt)
     elif isinstance(prompt, list):

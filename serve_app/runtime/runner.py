@@ -153,11 +153,12 @@ def drain_and_shutdown(config: ServeDeploySchema) -> None:
         serve.shutdown()
 
 
-def own_ray_stopped(wait_s: float = RAY_STOP_WAIT_S) -> bool:
-    """Whether the Ray this process started has stopped (its GCS exited within `wait_s`), as
-    it does when SIGTERM reaches the whole process group: then Serve cannot be asked
-    anything (a call would wait a minute for the GCS, then end the process)."""
-    gcs = [p for p in psutil.Process().children() if p.name() == "gcs_server"]
+def own_ray_stopped(wait_s: float = RAY_STOP_WAIT_S, process: psutil.Process | None = None) -> bool:
+    """Whether the Ray this process (or `process`) started has stopped (its GCS exited
+    within `wait_s`), as it does when SIGTERM reaches the whole process group: then Serve
+    cannot be asked anything (a call would wait a minute for the GCS, then end the
+    process)."""
+    gcs = [p for p in (process or psutil.Process()).children() if p.name() == "gcs_server"]
     if not gcs:  # a Ray this process joined
         return False
     _, alive = psutil.wait_procs(gcs, timeout=wait_s)

@@ -204,3 +204,12 @@ def test_a_finished_request_gives_back_the_tokens_it_did_not_use(model: Path) ->
     # The first request's unused tokens came back before the second took its reservation
     # (without the settlement: 1000 - 2 * reserved); a second's refill is under 17 tokens.
     assert 0 <= second - (1000 - used - reserved) < 17
+
+
+def test_a_responses_request_reserves_its_input_and_max_output_tokens() -> None:
+    from serve_app.vllm_compat import ResponsesRequest
+
+    request = ResponsesRequest.model_validate(
+        {"model": "m", "input": "x" * 40, "max_output_tokens": 8}
+    )
+    assert requested_tokens(request, ["x" * 40], max_model_len=100) == 10 + 8

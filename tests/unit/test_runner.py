@@ -5,9 +5,13 @@ gets 503, is tests/integration/test_entrypoint.py's."""
 
 import shutil
 import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from ray import serve
 from ray.serve.schema import ServeDeploySchema
@@ -101,15 +105,31 @@ def test_when_the_signal_stopped_ray_too_nothing_is_asked_of_serve(
     assert calls == []
 
 
-def test_own_ray_stopped_follows_the_gcs_process_this_process_started(tmp_path: Path) -> None:
-    assert not runner.own_ray_stopped(wait_s=0.1)  # no GCS child: a Ray this process joined
+def test_own_ray_stopped_follows_the_gcs_process_a_process_started(tmp_path: Path) -> None:
     gcs_server = tmp_path / "gcs_server"  # a process of that name, as Ray's
     shutil.copy(shutil.which("sleep") or "/bin/sleep", gcs_server)
-    process = subprocess.Popen([str(gcs_server), "30"])
+    # Stands for the runner: starts the "GCS", reaps it when it exits, lives on.
+    script = (
+        f"import subprocess, time; subprocess.Popen([{str(gcs_server)!r}, '30']).wait(); "
+        "time.sleep(30)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script])
     try:
-        assert not runner.own_ray_stopped(wait_s=0.1)
-        process.terminate()
-        assert runner.own_ray_stopped(wait_s=5)
+        owner = psutil.Process(parent.pid)
+        deadline = time.monotonic() + 10
+        while not owner.children() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not runner.own_ray_stopped(wait_s=0.1, process=owner)
+        answer: list[bool] = []
+        asked = threading.Thread(
+            target=lambda: answer.append(runner.own_ray_stopped(wait_s=5, process=owner))
+        )
+        asked.start()  # the question finds the GCS running, then sees it stop
+        time.sleep(0.2)
+        for child in owner.children():
+            child.terminate()
+        asked.join(timeout=10)
+        assert answer == [True]
     finally:
-        process.kill()
-        process.wait()
+        parent.kill()
+        parent.wait()
