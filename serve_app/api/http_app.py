@@ -1,6 +1,7 @@
 """The ingress's FastAPI app: its middleware, error rendering and response framing.
 
-Request path: count (HTTPMetricsMiddleware) -> authenticate (APIKeyMiddleware, when API_KEYS
+Request path: CORS (ConfiguredCORSMiddleware, when `allowed_origins` is set) -> count
+(HTTPMetricsMiddleware) -> authenticate (APIKeyMiddleware, when API_KEYS
 is set) -> cap the body (BodyLimitMiddleware) -> parse and validate (vLLM's request models)
 -> the route. Every error leaves as an OpenAI error body. The routes themselves are the
 ingress deployment's methods (`deployments/ingress.py`).
@@ -15,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app.api.middleware.auth import APIKeyMiddleware, keys_from_env
 from serve_app.api.middleware.body_limit import BodyLimitMiddleware
+from serve_app.api.middleware.cors import ConfiguredCORSMiddleware
 from serve_app.api.middleware.http_metrics import HTTPMetricsMiddleware
 from serve_app.core.constants import GENERATION_ROUTES
 from serve_app.core.errors import (
@@ -36,13 +38,14 @@ def create_app() -> FastAPI:
     """The app with its middleware and error handlers; the ingress adds the routes.
 
     The middleware read the ingress replica's settings from `app.state` (`metrics`,
-    `max_request_bytes`) and pass requests through until it sets them.
+    `max_request_bytes`, `allowed_origins`) and pass requests through until it sets them.
     """
     app = FastAPI(title="vLLM on Ray Serve", summary="OpenAI-compatible LLM serving")
-    # The last added runs first: count every request, check its key, then its size.
+    # The last added runs first: answer CORS, count every request, check its key, its size.
     app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(APIKeyMiddleware, keys=keys_from_env())
     app.add_middleware(HTTPMetricsMiddleware, tracked_paths=GENERATION_ROUTES)
+    app.add_middleware(ConfiguredCORSMiddleware)
 
     @app.exception_handler(OpenAIError)
     async def _openai_error(request: Request, exc: OpenAIError) -> JSONResponse:

@@ -176,6 +176,11 @@ class AppConfig(BaseModel):
         DEFAULT_MAX_REQUEST_BYTES,
         description="Largest request body the ingress reads; larger ones get a 413 error.",
     )
+    allowed_origins: tuple[str, ...] = Field(
+        (),
+        description="Origins whose browser pages may call the API (CORS), e.g. "
+        "https://app.example.com, or * for any; none (the default): no CORS headers.",
+    )
     chat_template: str | None = Field(
         None,
         description="A Jinja chat template instead of the tokenizer's, as `vllm serve "

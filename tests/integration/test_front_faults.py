@@ -1,7 +1,8 @@
 """Faults in front of the engine: an ingress replica killed, HAProxy killed. Requests sent
 after the fault get answers, never a cut connection, and the front is whole again within a
 bound. A request in flight on the killed ingress replica gets HAProxy's plain-text 500 (Serve
-maps HAProxy's 502 to 500; HAProxy replays only requests that never reached a server).
+maps HAProxy's 502 to 500) or a closed connection: HAProxy replays only requests that never
+reached a server.
 
 Run with `-s` to see the figures the README quotes.
 """
@@ -76,7 +77,10 @@ def test_a_killed_ingress_replica_is_replaced_while_the_other_answers(
         f"\ningress replica killed: in flight {answered}; {len(outcomes)} requests sent"
         f" meanwhile, replaced in {seconds:.1f}s"
     )
-    assert 200 in answered and set(answered) <= {200, 500}, answered
+    # HAProxy (leastconn) gives each replica half of them: the live one's are answered; the
+    # dead one's get HAProxy's 500 or, cut while HAProxy still relayed the body, no answer.
+    assert answered.count(200) >= IN_FLIGHT // 2, answered
+    assert set(answered) <= {200, 500, "RemoteProtocolError"}, answered
     assert outcomes and set(outcomes) == {200}, outcomes
 
 

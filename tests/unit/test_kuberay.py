@@ -107,6 +107,16 @@ def test_gpu_workers_get_shared_memory(gpu_group: dict[str, Any]) -> None:
     assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
 
 
+def test_gpu_workers_keep_the_model_in_the_claimed_cache(gpu_group: dict[str, Any]) -> None:
+    env = {v["name"]: v.get("value") for v in container(gpu_group)["env"]}
+    mounts = {m["mountPath"]: m["name"] for m in container(gpu_group)["volumeMounts"]}
+    volumes = {v["name"]: v for v in gpu_group["template"]["spec"]["volumes"]}
+    claim = volumes[mounts[env["HF_HOME"]]]["persistentVolumeClaim"]["claimName"]
+    pvc = yaml.safe_load((MANIFEST.parent / "model-cache.yaml").read_text())
+    assert (pvc["kind"], pvc["metadata"]["name"]) == ("PersistentVolumeClaim", claim)
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]  # every GPU worker mounts it
+
+
 def test_head_and_workers_run_one_image_with_one_app_environment(
     head: dict[str, Any], gpu_group: dict[str, Any]
 ) -> None:

