@@ -3,10 +3,13 @@
 # see ../shared/gpu/README.md), after `bash /tmp/chunks/device-install.sh`:
 #   bash benchmarks/gpu_run.sh MODE OUT [ARGS]
 # MODE: compare|scale|sweep|sweep-no-engine-metrics|sweep-python-proxy|loop-stall|experiments|
-#       tests
+#       routing|tests
 # compare: bare vLLM vs our app, Llama-3-8B shape with dummy weights, 512 in / 128 out tokens.
 # scale:   our app with 1 then 2 replicas (one GPU each) at concurrency 256.
 # tests:   pytest tests/gpu (1 and 2 GPUs).
+# routing: our app with 2 replicas sharing the GPU (gpu_fraction 0.5), one router per call
+#          (ARGS: serve_default or cache_aware), every workload of
+#          benchmarks/serving/prefix_routing.py; `prefix_routing report OUT` afterwards, anywhere.
 # experiments: our app alone at concurrency 32 and 128, once per variant of the serving path
 #          (results/NOTES.md, 4), each in its own folder.
 # sweep:   bare vLLM, then our app started once with 2 then 4 (the GPU default) ingress
@@ -61,9 +64,11 @@ case $1 in
   experiments)
     "${ours[@]}" --app-args '{"max_chunks_per_second": null}' --out "$out/grpc-unpaced"
     "${ours[@]}" --app-args '{"engine_transport": "actor"}' --out "$out/actor-paced" ;;
+  routing)
+    python3 -m benchmarks.serving.prefix_routing run --dummy-8b --router "$3" --out "$out" ;;
   tests)
     python3 -m pytest tests/gpu -v -p no:cacheprovider -o addopts="" 2>&1 | tee "$out/gpu-tests.log" ;;
   *) echo "usage: $0 MODE OUT [ARGS]; MODE: compare|scale|sweep|sweep-no-engine-metrics|" \
-       "sweep-python-proxy|loop-stall|experiments|tests" >&2
+       "sweep-python-proxy|loop-stall|experiments|routing|tests" >&2
      exit 2 ;;
 esac

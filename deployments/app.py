@@ -9,14 +9,14 @@ from ray.serve import Application
 from deployments.ingress import OpenAIIngress
 from deployments.llm_server import LLMServer
 from deployments.placement import (
-    INGRESS_REPLICAS,
     check_gpu_capacity,
     check_vllm_build,
     plan_placement,
-    resolve_accelerator,
 )
 from deployments.rate_limiter import RateLimiter
+from deployments.request_router import request_router_config
 from serve_app.core.config import AppConfig
+from serve_app.core.constants import INGRESS_REPLICAS
 from serve_app.vllm_compat import installed_vllm_builds
 
 
@@ -26,7 +26,7 @@ def build_app(args: dict[str, Any]) -> Application:
     config = AppConfig.from_args(args, os.environ)
     if not ray.is_initialized():
         ray.init()
-    accelerator = resolve_accelerator(config, ray.cluster_resources().get("GPU", 0))
+    accelerator = config.resolve_accelerator(ray.cluster_resources().get("GPU", 0))
     check_vllm_build(accelerator, installed_vllm_builds())
     if accelerator == "gpu" and config.fail_fast_on_missing_gpus:
         check_gpu_capacity(
@@ -36,7 +36,9 @@ def build_app(args: dict[str, Any]) -> Application:
         )
     placement = plan_placement(config, accelerator)
     llm_server = LLMServer.options(
-        user_config=config.live_settings.model_dump(), **placement.deployment_options()
+        user_config=config.live_settings.model_dump(),
+        request_router_config=request_router_config(config, accelerator),
+        **placement.deployment_options(),
     ).bind(config, accelerator)
     ingress = OpenAIIngress.options(
         num_replicas=INGRESS_REPLICAS[accelerator], user_config=config.rate_limits.model_dump()

@@ -84,7 +84,12 @@ class OpenAIIngress:
         )
         tokenizer = resolve_model(config.tokenizer or config.model)
         self._api = OpenAIAPI(
-            self._llm_server, settings, tokenizer, self._metrics, self._rate_limits
+            self._llm_server,
+            settings,
+            tokenizer,
+            self._metrics,
+            self._rate_limits,
+            config.routing.session_header,
         )
         self._node_metrics = NodeMetrics()
 

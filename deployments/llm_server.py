@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import ray
 from ray import serve
+from ray.serve.exceptions import RayServeException
 
 from serve_app import vllm_compat
 from serve_app.core.config import Accelerator, AppConfig, LiveSettings
@@ -36,7 +37,10 @@ from serve_app.core.constants import (
 )
 from serve_app.core.errors import engine_failed, invalid_request
 from serve_app.core.payloads import EngineStats, ModelInfo
-from serve_app.engine.engine_args import build_engine_kwargs, set_cpu_kvcache_space
+from serve_app.engine.engine_args import (
+    bind_cpu_cores,
+    build_engine_kwargs,
+)
 from serve_app.engine.pacing import ChunkPacer, MergeFactors, PendingOutput
 from serve_app.engine.watchdog import EngineWatchdog
 from serve_app.observability.gpu_stats import read_gpu_memory
@@ -52,6 +56,14 @@ logger = logging.getLogger("ray.serve")
 def _exit_replica() -> None:
     """End this replica's process; Serve sees the actor gone and starts a new replica."""
     os._exit(1)
+
+
+def _local_rank() -> int | None:
+    """This replica's rank among the deployment's replicas on its node (None outside Serve)."""
+    try:
+        return serve.get_replica_context().rank.local_rank
+    except RayServeException:
+        return None
 
 
 @serve.deployment(name=LLM_SERVER_DEPLOYMENT)
@@ -71,8 +83,8 @@ class LLMServer:
         self._stopping = False
         self._watchdog = EngineWatchdog(config.engine_stall_timeout_s)
         self._accelerator = accelerator
-        if accelerator == "cpu":
-            set_cpu_kvcache_space(config)
+        if accelerator == "cpu" and (rank := _local_rank()) is not None:
+            bind_cpu_cores(config, rank, sorted(os.sched_getaffinity(0)))
         placement_group = (
             ray.util.get_current_placement_group() if config.tensor_parallel_size > 1 else None
         )

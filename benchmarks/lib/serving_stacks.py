@@ -23,11 +23,10 @@ from pydantic import BaseModel, Field
 from ray.serve.schema import ServeDeploySchema
 
 from benchmarks.lib.report import detect_accelerator, figure
-from deployments.placement import INGRESS_REPLICAS
 from serve_app.core.chat_templates import resolve_chat_template
 from serve_app.core.config import AppConfig, LiveSettings
-from serve_app.core.constants import INGRESS_DEPLOYMENT, LLM_SERVER_DEPLOYMENT
-from serve_app.engine.engine_args import build_engine_kwargs, set_cpu_kvcache_space
+from serve_app.core.constants import INGRESS_DEPLOYMENT, INGRESS_REPLICAS, LLM_SERVER_DEPLOYMENT
+from serve_app.engine.engine_args import build_engine_kwargs
 from serve_app.runtime.readiness import wait_healthy
 from serve_app.runtime.runner import with_serve_defaults
 from serve_app.runtime.serve_config import derive, load_deploy_config, write
@@ -173,7 +172,7 @@ def openai_flags(app_args: Mapping[str, Any]) -> list[str]:
     """The `vllm serve` flags of our app's OpenAI settings (chat template, tool and
     reasoning parsers), so that bare vLLM answers with the same."""
     config = AppConfig.model_validate(app_args)
-    flags = []
+    flags = ["--enable-prompt-tokens-details"]  # ours reports cached_tokens as OpenAI does
     if template := resolve_chat_template(config.chat_template):
         flags += ["--chat-template", template]
     if config.tool_call_parser:
@@ -202,10 +201,7 @@ def bare_vllm(setup: EngineSetup, log: Path, port: int = BARE_PORT, flags: Seque
     for key, value in setup.engine_kwargs.items():
         flag = "--" + key.replace("_", "-")
         cmd += [flag] if value is True else [flag, str(value)]
-    env = dict(os.environ)
-    if detect_accelerator() == "cpu":  # the KV cache our LLMServer gives the CPU backend
-        set_cpu_kvcache_space(AppConfig(), env)
-    return _running(cmd, env, f"http://127.0.0.1:{port}/health", log)
+    return _running(cmd, dict(os.environ), f"http://127.0.0.1:{port}/health", log)
 
 
 class OurAppOptions(BaseModel):
@@ -217,6 +213,9 @@ class OurAppOptions(BaseModel):
     )
     ingress_env: dict[str, str] = Field(
         default_factory=dict, description="Environment variables of the ingress replicas."
+    )
+    ingress_cpus: float | None = Field(
+        None, description="CPUs each ingress replica reserves; None: serve_config.yaml's."
     )
     live_settings: LiveSettings | None = Field(
         None, description="LLMServer user_config (live settings); None: from the app args."
@@ -236,8 +235,13 @@ def our_config(setup: EngineSetup, options: OurAppOptions) -> ServeDeploySchema:
     ingress: dict[str, Any] = {}
     if options.ingress_replicas is not None:
         ingress["num_replicas"] = options.ingress_replicas
+    actor: dict[str, Any] = {}
     if options.ingress_env:
-        ingress["ray_actor_options"] = {"runtime_env": {"env_vars": options.ingress_env}}
+        actor["runtime_env"] = {"env_vars": options.ingress_env}
+    if options.ingress_cpus is not None:
+        actor["num_cpus"] = options.ingress_cpus
+    if actor:
+        ingress["ray_actor_options"] = actor
     app_args = {
         "model": setup.model,
         "served_model_name": setup.served_model_name,

@@ -112,8 +112,9 @@ class LLMServerClient:
         A request that asked for the final output only gets it merged here from the deltas
         (the first one streamed early, which times the first token).
         """
-        request = engine_request(prompt, sampling_params, request_id, options)
         record = current_record()
+        session = record.session if record is not None else None
+        request = engine_request(prompt, sampling_params, request_id, options, session)
         if record is not None:
             record.started(request_id, len(prompt.get("prompt_token_ids") or ()))
         collected: RequestOutput | None = None

@@ -60,8 +60,10 @@ class OpenAIAPI:
         tokenizer: str,
         metrics: IngressMetrics,
         rate_limits: RateLimitClient,
+        session_header: str,
     ) -> None:
         self._llm_server = llm_server
+        self._session_header = session_header
         self._settings = settings
         self._tokenizer = tokenizer
         self._metrics = metrics
@@ -126,7 +128,7 @@ class OpenAIAPI:
         admission = await self._rate_limits.admit(
             raw, requested_tokens(request, texts, max_model_len)
         )
-        record = open_record(route)
+        record = open_record(route, self._session(raw, request))
         if admission is not None:
             record.on_finish = lambda done: self._rate_limits.settle(admission, done.used_tokens)
         result = await self._call(record, create(serving))
@@ -134,6 +136,10 @@ class OpenAIAPI:
         if admission is not None:
             response.headers.update(admission.headers)
         return response
+
+    def _session(self, raw: Request, request: Any) -> str | None:
+        """The conversation the request belongs to: the session header, else the `user`."""
+        return raw.headers.get(self._session_header) or getattr(request, "user", None)
 
     async def _call(self, record: RequestRecord, call: Awaitable[Any]) -> Any:
         """The serving class's answer; what it raised or answered as an error, an OpenAIError."""

@@ -31,6 +31,8 @@ class RequestRecord:
     """Timings (from the request's arrival at the ingress) and tokens of one API request."""
 
     route: str
+    # The conversation the client named (session header or `user`), for session affinity.
+    session: str | None = None
     start: float = field(default_factory=time.perf_counter)
     request_ids: list[str] = field(default_factory=list)
     prompt_tokens: int = 0
@@ -110,9 +112,9 @@ class RequestRecord:
         request_log.info(" ".join(f"{key}={value}" for key, value in fields.items()), extra=fields)
 
 
-def open_record(route: str) -> RequestRecord:
+def open_record(route: str, session: str | None = None) -> RequestRecord:
     """A record for the request this task serves, found later by `current_record`."""
-    record = RequestRecord(route)
+    record = RequestRecord(route, session)
     _current.set(record)
     return record
 

@@ -4,16 +4,28 @@ from collections.abc import Mapping
 from itertools import pairwise
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
 
 from serve_app.core.constants import (
     DEFAULT_CPU_KVCACHE_GIB,
     DEFAULT_ENGINE_STALL_TIMEOUT_S,
     DEFAULT_ENGINE_TRANSPORT,
+    DEFAULT_MAX_BLOCKS_PER_REPLICA,
     DEFAULT_MAX_CHUNKS_PER_SECOND,
     DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_MAX_SESSIONS,
     DEFAULT_METRICS_EXPORT_PORT,
     DEFAULT_MODEL_ID,
+    DEFAULT_QUEUED_REQUEST_COST_TOKENS,
+    DEFAULT_SESSION_HEADER,
     E2E_BUCKETS_S,
     ENV_ACCELERATOR,
     ENV_FAIL_FAST_ON_MISSING_GPUS,
@@ -129,6 +141,40 @@ class RateLimits(RateLimit):
         return super().enabled or any(limit.enabled for limit in self.per_key.values())
 
 
+class RoutingConfig(BaseModel):
+    """How the ingress picks the LLM-server replica of each request."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    router: Literal["cache_aware", "serve_default"] = Field(
+        "cache_aware",
+        description="cache_aware: the replica whose prefix cache saves the most prefill for "
+        "its load, a conversation kept on one replica; serve_default: Ray Serve's "
+        "power-of-two-choices router (load only).",
+    )
+    queued_request_cost_tokens: PositiveInt = Field(
+        DEFAULT_QUEUED_REQUEST_COST_TOKENS,
+        description="Prefill tokens one request running or queued on a replica is worth: a "
+        "cached prefix of N tokens outweighs N / this many requests of extra load.",
+    )
+    block_tokens: PositiveInt | None = Field(
+        None,
+        description="Tokens per prefix block, as vLLM's prefix cache counts them (null: "
+        "`engine_kwargs.block_size`, else vLLM's default for the accelerator).",
+    )
+    max_blocks_per_replica: PositiveInt = Field(
+        DEFAULT_MAX_BLOCKS_PER_REPLICA,
+        description="Prompt blocks remembered per replica (least recently used forgotten).",
+    )
+    max_sessions: PositiveInt = Field(
+        DEFAULT_MAX_SESSIONS,
+        description="Conversations remembered (least recently used forgotten).",
+    )
+    session_header: str = Field(
+        DEFAULT_SESSION_HEADER,
+        description="Request header naming a conversation; without it, the body's `user`.",
+    )
+
+
 class AppConfig(BaseModel):
     """Arguments of the application builder (`deployments.app:build_app`)."""
 
@@ -145,6 +191,12 @@ class AppConfig(BaseModel):
         None, description="Tokenizer id or path; defaults to the model's."
     )
     tensor_parallel_size: PositiveInt = 1
+    gpu_fraction: Annotated[float, Field(gt=0, le=1)] = Field(
+        1.0,
+        description="Share of one GPU per replica (tensor_parallel_size 1 only): below 1, "
+        "several replicas share a GPU, each engine taking that share of its memory. A test "
+        "and benchmark mode for routing and autoscaling on one GPU.",
+    )
     max_model_len: PositiveInt | None = Field(
         None, description="Context length; defaults to the model's."
     )
@@ -159,6 +211,11 @@ class AppConfig(BaseModel):
         True,
         description="Refuse to deploy when no node has tensor_parallel_size GPUs free "
         "(turn off on clusters whose autoscaler adds GPU nodes on demand).",
+    )
+    cpu_cores_per_replica: PositiveInt = Field(
+        1,
+        description="CPU backend: cores each LLM replica reserves in Ray and binds its "
+        "engine's threads to; replicas on one node get cores of their own, by their rank there.",
     )
     cpu_kvcache_gib: PositiveFloat = Field(
         DEFAULT_CPU_KVCACHE_GIB,
@@ -204,6 +261,7 @@ class AppConfig(BaseModel):
     )
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     rate_limits: RateLimits = Field(default_factory=RateLimits)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
     llm_server_env: dict[str, str] = Field(
         default_factory=dict,
         description="Environment variables of the LLM-server replicas and the engine process "
@@ -212,6 +270,18 @@ class AppConfig(BaseModel):
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Extra vLLM AsyncEngineArgs, applied last."
     )
+
+    @model_validator(mode="after")
+    def _gpu_share_needs_one_gpu_per_replica(self) -> "AppConfig":
+        if self.gpu_fraction < 1 and self.tensor_parallel_size > 1:
+            raise ValueError("gpu_fraction below 1 needs tensor_parallel_size 1")
+        return self
+
+    def resolve_accelerator(self, cluster_gpus: float) -> Accelerator:
+        """What the engines run on in a cluster with `cluster_gpus` GPUs."""
+        if self.accelerator != "auto":
+            return self.accelerator
+        return "gpu" if cluster_gpus >= 1 else "cpu"
 
     @property
     def served_name(self) -> str:

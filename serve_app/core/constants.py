@@ -31,6 +31,8 @@ METRICS_ROUTE: Final = "/metrics"
 TOKENIZE_ROUTE: Final = "/tokenize"
 DETOKENIZE_ROUTE: Final = "/detokenize"
 
+# vLLM's default share of a GPU's memory for one engine (`gpu_memory_utilization`).
+VLLM_GPU_MEMORY_UTILIZATION: Final = 0.9
 # CPU backend: KV-cache memory (GiB) reserved by vLLM when no GPU is used.
 DEFAULT_CPU_KVCACHE_GIB: Final = 1.0
 
@@ -47,6 +49,14 @@ ENGINE_CHECK_INTERVAL_S: Final = 0.25
 # A replica whose engine failed exits this long after failing its requests (seconds), so their
 # error events leave first; Serve sees the actor gone at its next health check and replaces it.
 FAILED_REPLICA_EXIT_DELAY_S: Final = 0.5
+
+# Ingress replicas when serve_config.yaml does not set the ingress's `num_replicas`. Each is one
+# event loop running vLLM's serving classes; 2 fit the 2-core CPU path, and on one H200
+# (16 cores) 4 made 0.96-1.00 of bare vLLM's throughput at concurrency 32 and 128 where 2 made
+# 0.93-0.96 (benchmarks/results/gpu-h200/2026-12-02-engine-failures-ingress).
+INGRESS_REPLICAS: Final = {"cpu": 2, "gpu": 4}
+# CPUs a Serve replica reserves when its ray_actor_options name none (Ray Serve's default).
+SERVE_DEFAULT_REPLICA_CPUS: Final = 1.0
 
 # Transport of the ingress -> LLM-server token streams. "grpc": Ray Serve's gRPC channel
 # between replicas (one message per chunk, pickled); "actor": Ray actor-task streaming (an
@@ -133,3 +143,16 @@ QUEUE_BUCKETS_S: Final = (
 # fmt: on
 # Ray's metrics export port (Prometheus text of every replica on the node).
 DEFAULT_METRICS_EXPORT_PORT: Final = 8080
+
+# Cache-aware routing of requests to LLM-server replicas (serve_app/routing).
+# A request already running or queued on a replica counts as this many prompt tokens of
+# prefill: a replica holding a longer cached prefix wins until its extra load outweighs it.
+DEFAULT_QUEUED_REQUEST_COST_TOKENS: Final = 512
+# Prompt-block hashes remembered per replica (LRU), and sessions remembered (LRU).
+DEFAULT_MAX_BLOCKS_PER_REPLICA: Final = 200_000
+DEFAULT_MAX_SESSIONS: Final = 100_000
+# The request header naming a conversation; without it, the body's `user` field.
+DEFAULT_SESSION_HEADER: Final = "x-session-id"
+# Requests that no replica holds a prefix of, and that share their first this many tokens, go
+# to the same replica from every ingress replica (rendezvous hashing, no shared state).
+ROUTING_ANCHOR_TOKENS: Final = 256

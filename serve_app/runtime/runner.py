@@ -28,6 +28,7 @@ from serve_app.core.constants import (
     ONE_HOST_SERVE_ENV_DEFAULTS,
     SERVE_ENV_DEFAULTS,
 )
+from serve_app.runtime.capacity import UnschedulableConfigError, check_fits
 from serve_app.runtime.leftovers import PortInUseError, clear_port, start_watcher
 from serve_app.runtime.serve_config import derive, load_deploy_config, metrics_export_port
 
@@ -107,6 +108,18 @@ def run(path: Path) -> int:
         ray.init(
             address="local", namespace="serve", _metrics_export_port=metrics_export_port(config)
         )
+    resources = ray.cluster_resources()
+    try:
+        check_fits(
+            config,
+            os.environ,
+            resources.get("CPU", 0),
+            resources.get("GPU", 0),
+            fixed_cluster=not os.environ.get("RAY_ADDRESS"),
+        )
+    except UnschedulableConfigError as exc:
+        print(exc, file=sys.stderr, flush=True)
+        return 1
     for signum in (signal.SIGTERM, signal.SIGINT):  # drain, then exit 0 (no traceback)
         signal.signal(signum, lambda *_: sys.exit(0))
     names = [app.name for app in config.applications]

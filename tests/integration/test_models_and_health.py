@@ -4,8 +4,7 @@ import httpx
 import openai
 import ray
 
-from deployments.placement import INGRESS_REPLICAS
-from serve_app.core.constants import INGRESS_DEPLOYMENT
+from serve_app.core.constants import INGRESS_DEPLOYMENT, INGRESS_REPLICAS
 
 
 def test_models_lists_the_served_model(client: openai.OpenAI, model: str) -> None:

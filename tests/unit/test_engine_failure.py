@@ -19,7 +19,15 @@ from serve_app.core.errors import OpenAIError, engine_failed, service_unavailabl
 from serve_app.engine.watchdog import EngineWatchdog
 from serve_app.vllm_compat import EngineRequest, SamplingParams
 from tests.fake_engine import InProcessHandle, start_llm_server
-from tests.unit.test_serving import app_config, body, completion, expected_text, run, stack
+from tests.unit.test_serving import (
+    app_config,
+    body,
+    completion,
+    expected_text,
+    http_request,
+    run,
+    stack,
+)
 
 pytestmark = pytest.mark.usefixtures("cpu_kv_cache_env")
 
@@ -33,9 +41,9 @@ def test_a_dying_engine_ends_its_streams_with_a_503_fails_health_and_exits(model
         exits: list[bool] = []
         s = await stack(model, exits=exits, die_at_step=2)
         request = completion(s.name, prompt=[15, 16], max_tokens=8, stream=True)
-        streamed = await body(await s.api.completion(request, None))
+        streamed = await body(await s.api.completion(request, http_request()))
         with pytest.raises(OpenAIError) as later:
-            await s.api.completion(completion(s.name, prompt=[15], max_tokens=4), None)
+            await s.api.completion(completion(s.name, prompt=[15], max_tokens=4), http_request())
         try:
             await s.server.check_health()
             health = None
@@ -66,7 +74,7 @@ def test_a_stalled_engine_is_killed_and_its_streams_end_with_a_503(model: Path) 
         s = await stack(model, config=config, exits=exits, hang_at_step=3)
         request = completion(s.name, prompt=[15, 16], max_tokens=8, stream=True)
         started = asyncio.get_running_loop().time()
-        response = await s.api.completion(request, None)
+        response = await s.api.completion(request, http_request())
         streamed = await asyncio.wait_for(body(response), stall_s + 5.0)  # not forever
         took = asyncio.get_running_loop().time() - started
         await asyncio.sleep(FAILED_REPLICA_EXIT_DELAY_S + 0.2)

@@ -6,16 +6,15 @@ from typing import Any
 import pytest
 
 from deployments.placement import (
-    INGRESS_REPLICAS,
     InsufficientGPUsError,
     VLLMBuildError,
     check_gpu_capacity,
     check_vllm_build,
     plan_placement,
-    resolve_accelerator,
 )
 from serve_app.core.config import Accelerator, AppConfig
-from serve_app.core.constants import INGRESS_DEPLOYMENT
+from serve_app.core.constants import INGRESS_DEPLOYMENT, INGRESS_REPLICAS
+from serve_app.engine.engine_args import build_engine_kwargs
 from serve_app.runtime.serve_config import load_deploy_config
 from serve_app.vllm_compat import installed_vllm_builds
 
@@ -27,9 +26,9 @@ def config(**kwargs: object) -> AppConfig:
 
 
 def test_auto_accelerator_follows_cluster_gpus() -> None:
-    assert resolve_accelerator(config(), cluster_gpus=0) == "cpu"
-    assert resolve_accelerator(config(), cluster_gpus=2) == "gpu"
-    assert resolve_accelerator(config(accelerator="cpu"), cluster_gpus=8) == "cpu"
+    assert config().resolve_accelerator(cluster_gpus=0) == "cpu"
+    assert config().resolve_accelerator(cluster_gpus=2) == "gpu"
+    assert config(accelerator="cpu").resolve_accelerator(cluster_gpus=8) == "cpu"
 
 
 def test_cpu_replica_reserves_one_cpu_and_no_gpu() -> None:
@@ -43,6 +42,16 @@ def test_single_gpu_replica_reserves_one_gpu() -> None:
     options = plan_placement(config(), "gpu").deployment_options()
     assert options["ray_actor_options"]["num_gpus"] == 1
     assert "placement_group_bundles" not in options
+
+
+def test_replicas_sharing_a_gpu_reserve_their_share_and_take_that_share_of_its_memory() -> None:
+    shared = config(gpu_fraction=0.5)
+    options = plan_placement(shared, "gpu").deployment_options()
+    assert options["ray_actor_options"]["num_gpus"] == 0.5
+    assert build_engine_kwargs(shared, "gpu")["gpu_memory_utilization"] == 0.45
+    assert "gpu_memory_utilization" not in build_engine_kwargs(config(), "gpu")
+    with pytest.raises(ValueError, match="tensor_parallel_size 1"):
+        config(gpu_fraction=0.5, tensor_parallel_size=2)
 
 
 def test_tensor_parallel_replica_gets_one_gpu_bundle_per_worker() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from deployments.rate_limiter import RateLimiter
@@ -76,7 +77,18 @@ async def stack(
         InProcessHandle(RateLimiter.func_or_class()),  # type: ignore[arg-type]
         rate_limits or RateLimits(),
     )
-    return Stack(server, fake, OpenAIAPI(client, settings, str(model), metrics, limiter), handle)
+    return Stack(
+        server,
+        fake,
+        OpenAIAPI(client, settings, str(model), metrics, limiter, "x-session-id"),
+        handle,
+    )
+
+
+def http_request(headers: dict[str, str] | None = None) -> Request:
+    """The HTTP request a body came in (only its headers are read)."""
+    pairs = [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    return Request({"type": "http", "headers": pairs, "client": ("10.0.0.9", 5555)})
 
 
 async def body(response: Any) -> Any:
@@ -107,8 +119,8 @@ def test_choices_of_several_prompts_are_indexed_prompt_by_prompt(model: Path) ->
 
     async def scenario() -> tuple[Any, Any]:
         s = await stack(model)
-        whole = await body(await s.api.completion(completion(s.name, **fields), None))
-        streamed = await s.api.completion(completion(s.name, **fields, stream=True), None)
+        whole = await body(await s.api.completion(completion(s.name, **fields), http_request()))
+        streamed = await s.api.completion(completion(s.name, **fields, stream=True), http_request())
         return whole, await body(streamed)
 
     whole, streamed = run(scenario())
@@ -132,7 +144,7 @@ def test_an_error_after_the_first_event_ends_the_stream_with_our_error_then_done
     async def scenario() -> list[Any]:
         s = await stack(model, fail_at_step=2)
         request = completion(s.name, prompt=[15, 16], max_tokens=8, stream=True)
-        return await body(await s.api.completion(request, None))
+        return await body(await s.api.completion(request, http_request()))
 
     streamed = run(scenario())
     text = "".join(c["text"] for event in streamed[:-2] for c in event["choices"])
@@ -146,7 +158,9 @@ def test_an_error_after_the_first_event_ends_the_stream_with_our_error_then_done
 def test_an_error_before_the_first_event_is_a_plain_http_error(model: Path) -> None:
     async def scenario() -> None:
         s = await stack(model, fail_at_step=0)
-        await s.api.completion(completion(s.name, prompt=[15], max_tokens=8, stream=True), None)
+        await s.api.completion(
+            completion(s.name, prompt=[15], max_tokens=8, stream=True), http_request()
+        )
 
     with pytest.raises(OpenAIError) as raised:
         run(scenario())
@@ -183,7 +197,9 @@ def test_over_its_chunk_budget_the_server_merges_tokens_and_loses_none(model: Pa
 def test_a_non_streamed_request_travels_as_its_first_output_then_the_rest(model: Path) -> None:
     async def scenario() -> tuple[Any, int]:
         s = await stack(model)
-        response = await s.api.completion(completion(s.name, prompt=[15], max_tokens=20), None)
+        response = await s.api.completion(
+            completion(s.name, prompt=[15], max_tokens=20), http_request()
+        )
         return await body(response), s.handle.sent
 
     whole, sent = run(scenario())
@@ -195,7 +211,7 @@ def test_a_consumer_that_leaves_aborts_the_request_in_the_engine(model: Path) ->
     async def scenario() -> tuple[FakeEngine, int]:
         s = await stack(model, step_s=0.01)
         request = completion(s.name, prompt=[11], max_tokens=200, stream=True)
-        events = (await s.api.completion(request, None)).body_iterator
+        events = (await s.api.completion(request, http_request())).body_iterator
         received = [await anext(events) for _ in range(3)]
         await events.aclose()
         await asyncio.sleep(0.1)  # the cancelled engine request unwinds
@@ -212,9 +228,9 @@ def test_usage_counts_every_prompt_and_every_choice_streamed_or_not(model: Path)
 
     async def scenario() -> tuple[Any, Any]:
         s = await stack(model)
-        whole = await body(await s.api.completion(completion(s.name, **fields), None))
+        whole = await body(await s.api.completion(completion(s.name, **fields), http_request()))
         request = completion(s.name, **fields, stream=True, stream_options={"include_usage": True})
-        return whole, await body(await s.api.completion(request, None))
+        return whole, await body(await s.api.completion(request, http_request()))
 
     whole, streamed = run(scenario())
     prompt_tokens = sum(map(len, PROMPTS))
@@ -241,7 +257,7 @@ def test_a_streamed_chat_opens_each_choice_with_the_assistant_role_once(model: P
                 "stream": True,
             }
         )
-        return await body(await s.api.chat(request, None))
+        return await body(await s.api.chat(request, http_request()))
 
     streamed = run(scenario())
     roles: dict[int, list[str]] = {0: [], 1: []}
@@ -263,6 +279,18 @@ def test_the_engine_request_asks_for_deltas_and_says_when_to_collect() -> None:
     assert not engine_request({"prompt_token_ids": [1]}, streamed, "r", {}).collect
 
 
+def test_the_session_header_or_else_the_user_goes_with_the_engine_request(model: Path) -> None:
+    async def sessions() -> list[str | None]:
+        s = await stack(model)
+        request = completion(s.name, prompt=[15], max_tokens=2, user="ann")
+        await s.api.completion(request, http_request({"x-session-id": "chat-9"}))
+        await s.api.completion(request, http_request())
+        await s.api.completion(completion(s.name, prompt=[15], max_tokens=2), http_request())
+        return [sent.session for sent in s.handle.requests]
+
+    assert run(sessions()) == ["chat-9", "ann", None]
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_reasoning_parser_splits_the_reasoning_from_the_answer(model: Path, stream: bool) -> None:
     script = ["<think>", "w10", "w11", "</think>", "w12"]
@@ -272,7 +300,7 @@ def test_a_reasoning_parser_splits_the_reasoning_from_the_answer(model: Path, st
         request = ChatCompletionRequest.model_validate(
             {"model": s.name, "messages": [{"role": "user", "content": "w13"}], "stream": stream}
         )
-        return await body(await s.api.chat(request, None))
+        return await body(await s.api.chat(request, http_request()))
 
     answer = run(scenario())
     if not stream:
@@ -296,7 +324,7 @@ def test_without_a_reasoning_parser_the_reasoning_stays_in_the_content(model: Pa
         request = ChatCompletionRequest.model_validate(
             {"model": s.name, "messages": [{"role": "user", "content": "w13"}]}
         )
-        return await body(await s.api.chat(request, None))
+        return await body(await s.api.chat(request, http_request()))
 
     message = run(scenario())["choices"][0]["message"]
     assert message["content"] == "<think>w10</think>w12"
@@ -322,7 +350,7 @@ def test_a_request_refused_before_the_engine_is_an_openai_error(
             {"model": s.name, "messages": [{"role": "user", "content": "w10"}]} | fields
         )
         try:
-            await s.api.chat(request, None)
+            await s.api.chat(request, http_request())
         finally:
             assert s.fake.requests == []
         return s.fake
@@ -341,7 +369,7 @@ def test_the_prompt_travels_with_a_streams_first_output_only(model: Path) -> Non
             s.name, prompt=[11, 12, 13], max_tokens=5, stream=True, echo=True,
             stream_options={"include_usage": True, "continuous_usage_stats": True},
         )  # fmt: skip
-        return await body(await s.api.completion(request, None)), s.handle.with_prompt
+        return await body(await s.api.completion(request, http_request())), s.handle.with_prompt
 
     events, with_prompt = run(scenario())
     assert with_prompt == [True, False, False, False, False]

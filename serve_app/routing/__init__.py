@@ -1,0 +1,1 @@
+"""Choosing the LLM-server replica of a request."""
