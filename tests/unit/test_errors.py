@@ -54,7 +54,6 @@ def test_an_http_framework_error_becomes_the_openai_error(status: int, expected:
         (errors.invalid_json(), (400, "invalid_request_error", "invalid_json", None, None)),
         (errors.context_length_exceeded("long", "messages"),
          (400, "invalid_request_error", "context_length_exceeded", "messages", None)),
-        (errors.too_many_logprobs(5), (400, "invalid_request_error", None, "logprobs", None)),
         (errors.request_too_large(10),
          (413, "invalid_request_error", "request_too_large", None, None)),
         (errors.invalid_api_key(), (401, "invalid_request_error", "invalid_api_key", None, None)),
