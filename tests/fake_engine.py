@@ -5,7 +5,8 @@
 - `FakeEngine` is what `LLMServer`'s `engine_factory` seam accepts in place of `AsyncLLM`:
   the real `VllmConfig` of the tiny model, and `generate` yielding DELTA `RequestOutput`s of
   made-up words, one token per step for each of the request's `n` choices (`max_tokens`,
-  `n`, `logprobs` honoured); a consumer that leaves early aborts the request, as vLLM's does.
+  `n`, `logprobs` honoured), keeping every request's `SamplingParams`; a consumer that leaves
+  early aborts the request, as vLLM's does.
 - `InProcessHandle` stands in for the ingress's Serve handle to an `LLMServer` in this
   process, so the real `LLMServerClient` runs over it.
 """
@@ -110,6 +111,7 @@ class FakeEngine:
     hang_at_step: int | None = None
     script: list[str] | None = None
     requests: list[str] = field(default_factory=list)
+    params: list[SamplingParams] = field(default_factory=list)
     aborted: list[str] = field(default_factory=list)
     errored: bool = False
 
@@ -141,6 +143,7 @@ class FakeEngine:
         self, prompt: Mapping[str, Any], params: SamplingParams, request_id: str, **_: Any
     ) -> AsyncIterator[RequestOutput]:
         self.requests.append(request_id)
+        self.params.append(params)
         prompt_ids = list(prompt["prompt_token_ids"])
         finished = False
         try:

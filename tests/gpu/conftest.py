@@ -82,10 +82,13 @@ def dummy_8b(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def ask_concurrently(base_url: str, count: int) -> list[str]:
-    """The default model's answers to `count` simultaneous greedy chat requests."""
+    """The default model's answers to `count` simultaneous greedy chat requests (a 503 fails:
+    the client does not retry)."""
 
     async def main() -> list[str]:
-        async with openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key="unused") as client:
+        async with openai.AsyncOpenAI(
+            base_url=f"{base_url}/v1", api_key="unused", max_retries=0
+        ) as client:
             calls = [
                 client.chat.completions.create(
                     model=DEFAULT_MODEL_ID, messages=QUESTION, max_tokens=24, temperature=0

@@ -77,23 +77,46 @@ def test_tensor_parallel_fails_fast_when_only_one_gpu_is_free(
     assert time.monotonic() - started < 120
 
 
+QUEUE_WAITS = re.compile(
+    r'ray_llm_queue_wait_seconds_count\{[^}]*replica="([^"]+)"[^}]*\} ([0-9.e+]+)'
+)
+EXPORT_INTERVAL_S = 12  # over one of Ray's metric exports
+REQUESTS = 64
+
+
+def queue_waits(url: str) -> dict[str, float]:
+    """Requests each LLM-server replica started (its queue-wait count), as exported now."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    return {match.group(1): float(match.group(2)) for match in QUEUE_WAITS.finditer(text)}
+
+
+def settled_queue_waits(url: str) -> dict[str, float]:
+    """The counts once both replicas' warm-up requests are exported and nothing grows."""
+    deadline = time.monotonic() + 120
+    last = queue_waits(url)
+    while True:
+        time.sleep(EXPORT_INTERVAL_S)
+        counts = queue_waits(url)
+        if len(counts) == 2 and counts == last:
+            return counts
+        assert time.monotonic() < deadline, f"queue-wait counts not settled: {counts}"
+        last = counts
+
+
 @pytest.mark.gpus(2)
 def test_two_replicas_on_two_gpus_share_the_traffic(ray_cluster: None) -> None:
     args = {"accelerator": "gpu", "engine_kwargs": {"gpu_memory_utilization": 0.3}}
     replicas = {"autoscaling_config": {"min_replicas": 2, "max_replicas": 2}}
     with deployed(args, replicas) as url:
-        assert all("Paris" in answer for answer in ask_concurrently(url, 64))
+        before = settled_queue_waits(url)
+        assert all("Paris" in answer for answer in ask_concurrently(url, REQUESTS))
         deadline = time.monotonic() + 60
-        busy: set[str] = set()
-        while len(busy) < 2 and time.monotonic() < deadline:
-            text = httpx.get(f"{url}/metrics", timeout=30).text
-            busy = {
-                match.group(1)
-                for match in re.finditer(
-                    r'ray_llm_queue_wait_seconds_count\{[^}]*replica="([^"]+)"[^}]*\} ([0-9.]+)',
-                    text,
-                )
-                if float(match.group(2)) > 0
-            }
+        while True:
+            after = queue_waits(url)
+            served = {replica: after[replica] - before[replica] for replica in before}
+            if sum(served.values()) >= REQUESTS or time.monotonic() > deadline:
+                break
             time.sleep(2)
-        assert len(busy) == 2, busy
+        assert sum(served.values()) == REQUESTS, served
+        # Each replica took a fair part of this load (power-of-two routing: about half each).
+        assert all(count >= REQUESTS / 8 for count in served.values()), served

@@ -1,9 +1,11 @@
-"""Many requests at once: all answered, bad ones isolated, disconnects harmless."""
+"""Many requests at once: all answered, bad ones isolated, a disconnect aborts its generation."""
 
 import asyncio
 
 import httpx
 import openai
+
+from tests.integration.exported import grown, settled_scrape
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -61,7 +63,7 @@ def test_bad_requests_do_not_disturb_concurrent_good_ones(base_url: str, model: 
     assert statuses == [404, 400, 400, 400]
 
 
-def test_client_disconnect_mid_stream_leaves_the_service_healthy(
+def test_client_disconnect_mid_stream_aborts_it_in_the_engine_and_leaves_the_service_healthy(
     http: httpx.Client, base_url: str, model: str
 ) -> None:
     body = {
@@ -71,12 +73,15 @@ def test_client_disconnect_mid_stream_leaves_the_service_healthy(
         "ignore_eos": True,
         "stream": True,
     }
+    before = settled_scrape(http)
     with httpx.Client(base_url=base_url, timeout=120) as client:
         with client.stream("POST", "/v1/completions", json=body) as response:
             assert response.status_code == 200
             lines = response.iter_lines()
             received = [next(lines) for _ in range(3)]
         assert received[0].startswith("data: ")
+    # The LLM server's generator was cancelled, so vLLM's generate aborted the request.
+    assert grown(http, before, "ray_llm_engine_cancellations_total", 1) == 1
     completion = http.post(
         "/v1/chat/completions",
         json={"model": model, "messages": QUESTION, "max_tokens": 24, "temperature": 0},

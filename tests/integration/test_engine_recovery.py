@@ -112,6 +112,19 @@ def recover(http: httpx.Client, model: str, since: float, fault: str) -> None:
     print(f"\n{fault}: /health 503 after {detected:.1f} s, answering again after {recovered:.1f} s")
 
 
+@pytest.fixture(autouse=True)
+def healthy_after(http: httpx.Client, model: str) -> Iterator[None]:
+    """After each fault, however its test ended, the app answers again, or this test's
+    teardown fails (not every later module, with misleading failures)."""
+    yield
+    wait_healthy(str(http.base_url.join("/health")), RECOVERY_TIMEOUT_S)
+    answer = http.post(
+        "/v1/chat/completions",
+        json={"model": model, "messages": QUESTION, "max_tokens": 4, "temperature": 0},
+    )
+    assert answer.status_code == 200, answer.text
+
+
 def test_a_killed_replica_actor_fails_streams_cleanly_and_is_replaced(
     http: httpx.Client, model: str
 ) -> None:

@@ -43,12 +43,16 @@ def _chunks(http: httpx.Client, model: str) -> tuple[int, int]:
 
 
 def _until(http: httpx.Client, model: str, merged: bool) -> tuple[int, int]:
-    """Stream until the chunks are merged (or not): the update reached the replica."""
+    """Stream until the chunks are merged (or not): the update reached the replica. Fails
+    after APPLY_TIMEOUT_S: a restore that did not apply would fail every later module."""
     deadline = time.monotonic() + APPLY_TIMEOUT_S
     while True:
         events, tokens = _chunks(http, model)
-        if (events < tokens / 2) == merged or time.monotonic() > deadline:
+        if (events < tokens / 2) == merged:
             return events, tokens
+        assert time.monotonic() < deadline, (
+            f"after {APPLY_TIMEOUT_S}s, {events} chunks for {tokens} tokens (merged: {not merged})"
+        )
 
 
 def _streams_sent_merged_beyond(http: httpx.Client, tokens: float) -> float:

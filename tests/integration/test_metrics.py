@@ -1,13 +1,14 @@
 """GET /metrics: the Prometheus text of the whole app, and the guide's JSON summary."""
 
-import re
 import time
 
 import httpx
 import pytest
 
+from tests.integration.exported import EXPORT_WAIT_S, grown, scrape, series, settled_scrape, total
+
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
-EXPORT_WAIT_S = 60
+ABANDONED = 3
 
 # Every metric README and docs/observability.md document, as Prometheus exposes it (Ray adds
 # `ray_`, counters `_total`).
@@ -38,21 +39,6 @@ ENGINE_METRICS = [
 ]
 
 
-def scrape(http: httpx.Client) -> str:
-    response = http.get("/metrics")
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain")
-    return response.text
-
-
-def series(text: str, name: str) -> list[str]:
-    return [line for line in text.splitlines() if re.match(rf"{re.escape(name)}[{{ ]", line)]
-
-
-def total(text: str, name: str) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in series(text, name))
-
-
 def small_load(http: httpx.Client, model: str) -> None:
     """Chat and completions, streamed or not, an error, an abort and a prefix-cache hit."""
     body = {"model": model, "messages": QUESTION, "max_tokens": 8, "temperature": 0}
@@ -64,13 +50,19 @@ def small_load(http: httpx.Client, model: str) -> None:
         completion = {"model": model, "prompt": long_prompt, "max_tokens": 2}
         assert http.post("/v1/completions", json=completion).status_code == 200
     abandoned = {"model": model, "prompt": "Once", "max_tokens": 500, "stream": True}
-    for _ in range(3):
+    for _ in range(ABANDONED):
         with http.stream("POST", "/v1/completions", json=abandoned) as response:
             next(response.iter_lines())
 
 
 @pytest.fixture(scope="module")
-def scrapes(http: httpx.Client, model: str) -> dict[str, str]:
+def before(http: httpx.Client) -> str:
+    """The counters before this module's load (earlier modules raised them already)."""
+    return settled_scrape(http)
+
+
+@pytest.fixture(scope="module")
+def scrapes(before: str, http: httpx.Client, model: str) -> dict[str, str]:
     """The last scrape in which each documented metric appeared, after a small load.
 
     Gauges leave Ray's export one interval after their last update, so every metric is
@@ -101,15 +93,12 @@ def test_in_flight_gauge_stays_exported_while_idle(http: httpx.Client, scrapes: 
     assert series(scrape(http), "ray_llm_requests_in_flight")
 
 
-def test_requests_are_labelled_by_model_route_and_status(exposition: str, model: str) -> None:
-    lines = series(exposition, "ray_llm_requests_total")
-    assert any(
-        f'model="{model}"' in line
-        and 'route="/v1/chat/completions"' in line
-        and 'status="200"' in line
-        for line in lines
-    )
-    assert any('status="404"' in line for line in lines)
+def test_requests_are_labelled_by_model_route_and_status(
+    http: httpx.Client, before: str, scrapes: dict[str, str], model: str
+) -> None:
+    name, chat = "ray_llm_requests_total", "/v1/chat/completions"
+    assert grown(http, before, name, 2, model=model, route=chat, status="200") == 2
+    assert grown(http, before, name, 1, route=chat, status="404") == 1
 
 
 def test_tokens_per_chunk_are_recorded_from_vllm_and_as_sent(scrapes: dict[str, str]) -> None:
@@ -120,33 +109,32 @@ def test_tokens_per_chunk_are_recorded_from_vllm_and_as_sent(scrapes: dict[str, 
     assert any('stage="sent"' in line for line in lines)
 
 
-def test_errors_are_labelled_by_type(exposition: str) -> None:
-    lines = series(exposition, "ray_llm_request_errors_total")
-    assert any('error_type="invalid_request_error"' in line for line in lines)
+def test_errors_are_labelled_by_type(http: httpx.Client, before: str, scrapes: dict) -> None:
+    name = "ray_llm_request_errors_total"
+    assert grown(http, before, name, 1, error_type="invalid_request_error") == 1  # the 404
 
 
-def test_abandoned_stream_counts_as_aborted(exposition: str) -> None:
-    lines = series(exposition, "ray_llm_requests_aborted_total")
-    assert any('route="/v1/completions"' in line and not line.endswith(" 0.0") for line in lines)
+def test_abandoned_streams_count_as_aborted(http: httpx.Client, before: str, scrapes: dict) -> None:
+    name = "ray_llm_requests_aborted_total"
+    assert grown(http, before, name, ABANDONED, route="/v1/completions") == ABANDONED
 
 
 def test_abandoned_streams_are_cancelled_in_the_engine(
-    http: httpx.Client, scrapes: dict[str, str]
+    http: httpx.Client, before: str, scrapes: dict
 ) -> None:
-    # Counted by the LLMServer replica when its generator is cancelled mid-stream, which can
-    # be after the scrape in which the counter first appeared: look until all 3 are exported.
+    # Counted by the LLMServer replica when its generator is cancelled mid-stream.
     name = "ray_llm_engine_cancellations_total"
-    deadline = time.monotonic() + EXPORT_WAIT_S
-    text = scrapes[name]
-    while (cancelled := total(text, name)) < 3 and time.monotonic() < deadline:
-        time.sleep(2)
-        text = scrape(http)
-    assert cancelled >= 3  # small_load leaves 3
+    assert grown(http, before, name, ABANDONED) == ABANDONED
 
 
-def test_a_client_that_leaves_is_no_server_error(exposition: str) -> None:
-    lines = series(exposition, "ray_llm_request_errors_total")
-    assert not any('error_type="server_error"' in line for line in lines)
+def test_a_client_that_leaves_is_no_server_error(
+    http: httpx.Client, before: str, scrapes: dict
+) -> None:
+    name = "ray_llm_request_errors_total"
+    grown(http, before, "ray_llm_requests_aborted_total", ABANDONED)  # the load is exported
+    assert total(scrape(http), name, error_type="server_error") == total(
+        before, name, error_type="server_error"
+    )
 
 
 def test_ray_serve_own_metrics_are_included(exposition: str) -> None:

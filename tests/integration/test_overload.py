@@ -51,13 +51,16 @@ def _completion_tokens(response: httpx.Response) -> int:
 
 
 def _until(base_url: str, model: str, refusing: bool) -> list[tuple[float, httpx.Response]]:
-    """Bursts until one is (or is not) refused: the ingress replicas' routers have the limits."""
+    """Bursts until one is (or is not) refused: the ingress replicas' routers have the limits.
+    Fails after APPLY_TIMEOUT_S: a restore that did not apply would fail every later module."""
     deadline = time.monotonic() + APPLY_TIMEOUT_S
     while True:
         answers = asyncio.run(_burst(base_url, model))
         refused = any(r.status_code == 503 for _, r in answers)
-        if refused == refusing or time.monotonic() > deadline:
+        if refused == refusing:
             return answers
+        statuses = [r.status_code for _, r in answers]
+        assert time.monotonic() < deadline, f"after {APPLY_TIMEOUT_S}s, still {statuses}"
 
 
 @pytest.fixture

@@ -111,37 +111,59 @@ def test_panel_queries_the_datasource_variable(panel: dict) -> None:
     assert panel.get("description"), "every panel says what it shows"
 
 
+# The label filters every series of a prefix must carry: the Serve layer's and Ray Serve's by
+# application (ours also by model), vLLM's by model_name; node metrics are the node's own.
+FILTERS = {
+    "ray_llm_": ('application=~"$application"', 'model=~"$model"'),
+    "ray_serve_": ('application=~"$application"',),
+    "ray_vllm_": ('model_name=~"$model"',),
+    "ray_node_": (),
+}
+SELECTOR = re.compile(r"\b(ray_[a-zA-Z0-9_]+)(\{[^}]*\})?")
+GAUGES = {
+    "ray_llm_requests_in_flight",
+    "ray_vllm_num_requests_running",
+    "ray_vllm_num_requests_waiting",
+    "ray_vllm_kv_cache_usage_perc",
+    "ray_serve_deployment_replica_healthy",
+    "ray_serve_autoscaling_target_replicas",
+    "ray_node_gram_used",
+    "ray_node_gram_available",
+    "ray_node_gpus_utilization",
+}
+
+
+def selectors(panel: dict) -> list[tuple[str, str, str]]:
+    """(metric, its label matchers, the query before it) for every series a panel reads."""
+    found = [
+        (use.group(1), use.group(2) or "", target["expr"][: use.start()])
+        for target in panel["targets"]
+        for use in SELECTOR.finditer(target["expr"])
+    ]
+    assert found, "a panel that reads no series"
+    return found
+
+
 @pytest.mark.parametrize("panel", graph_panels(), ids=lambda p: p["title"])
 def test_panel_filters_by_the_template_variables(panel: dict) -> None:
-    """Serve-layer series filter on application and model, vLLM's on model_name."""
-    for target in panel["targets"]:
-        expr = target["expr"]
-        if "ray_llm_" in expr:
-            assert 'application=~"$application"' in expr and 'model=~"$model"' in expr
-        if "ray_vllm_" in expr:
-            assert 'model_name=~"$model"' in expr
+    """Every series a panel reads carries its prefix's filters (a prefix not listed fails)."""
+    for metric, matchers, _ in selectors(panel):
+        prefixes = [prefix for prefix in FILTERS if metric.startswith(prefix)]
+        assert len(prefixes) == 1, f"{metric}: no filters listed for its prefix"
+        for wanted in FILTERS[prefixes[0]]:
+            assert wanted in matchers, f"{metric} without {wanted}"
 
 
 @pytest.mark.parametrize("panel", graph_panels(), ids=lambda p: p["title"])
-def test_gauges_are_read_over_a_range(panel: dict) -> None:
-    """Ray stops exporting a gauge one interval after its last update: an instant read of
-    vLLM's gauges blanks the panel whenever the engine idles."""
-    gauges = (
-        "ray_llm_requests_in_flight",
-        "ray_vllm_num_requests_running",
-        "ray_vllm_num_requests_waiting",
-        "ray_vllm_kv_cache_usage_perc",
-        "ray_serve_deployment_replica_healthy",
-        "ray_serve_autoscaling_target_replicas",
-        "ray_node_gram_used",
-        "ray_node_gram_available",
-        "ray_node_gpus_utilization",
-    )
-    for target in panel["targets"]:
-        for gauge in gauges:
-            for use in re.finditer(rf"{gauge}\b", target["expr"]):
-                before = target["expr"][: use.start()]
-                assert before.rstrip().endswith("max_over_time("), f"{gauge} read at an instant"
+def test_series_are_read_over_a_range(panel: dict) -> None:
+    """Counters and histograms through rate(), gauges through max_over_time(): Ray stops
+    exporting a gauge one interval after its last update, so an instant read of vLLM's gauges
+    blanks the panel whenever the engine idles."""
+    for metric, _, before in selectors(panel):
+        reader = "max_over_time(" if metric in GAUGES else "rate("
+        if metric not in GAUGES:
+            assert re.search(r"_(total|bucket)$", metric), f"{metric}: not a known gauge"
+        assert before.rstrip().endswith(reader), f"{metric} not read through {reader}"
 
 
 def test_gpu_only_panels_are_marked_and_read_only_gpu_metrics() -> None:

@@ -268,6 +268,35 @@ def test_a_streamed_chat_opens_each_choice_with_the_assistant_role_once(model: P
     assert roles == {0: ["assistant"], 1: ["assistant"]}
 
 
+# Sampling fields of the OpenAI request with a value other than vLLM's default, each of which
+# only changes what the engine samples (nothing in the response says it was applied).
+SAMPLING_FIELDS = {
+    "presence_penalty": 0.5,
+    "frequency_penalty": -0.25,
+    "min_p": 0.1,
+    "repetition_penalty": 1.3,
+    "min_tokens": 3,
+}
+
+
+@pytest.mark.parametrize("route", ["chat", "completion"])
+def test_every_sampling_field_reaches_the_engine_with_its_value(model: Path, route: str) -> None:
+    async def scenario() -> list[SamplingParams]:
+        s = await stack(model)
+        if route == "chat":
+            messages = [{"role": "user", "content": "w10"}]
+            fields = {"model": s.name, "messages": messages, "max_tokens": 4} | SAMPLING_FIELDS
+            await s.api.chat(ChatCompletionRequest.model_validate(fields), None)
+        else:
+            await s.api.completion(
+                completion(s.name, prompt=[11], max_tokens=4, **SAMPLING_FIELDS), None
+            )
+        return s.fake.params
+
+    (params,) = run(scenario())
+    assert {name: getattr(params, name) for name in SAMPLING_FIELDS} == SAMPLING_FIELDS
+
+
 def test_the_engine_request_asks_for_deltas_and_says_when_to_collect() -> None:
     from vllm.sampling_params import RequestOutputKind
 
