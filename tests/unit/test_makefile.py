@@ -74,3 +74,11 @@ def test_every_install_is_pinned_by_its_lock(target: str, locks: set[str], tmp_p
     pinned_by = [re.findall(r"-[cr] constraints/(\S+)", line) for line in lines]
     assert all(pinned_by), lines
     assert {lock for found in pinned_by for lock in found} == locks
+
+
+def test_only_torch_comes_from_pytorchs_cpu_index(tmp_path: Path) -> None:
+    # Its dependencies then come from PyPI, pinned by the lock like everything else.
+    from_pytorch = [line for line in planned("serve", tmp_path) if "--index-url" in line]
+    assert from_pytorch and all(
+        line.endswith("--no-deps -c constraints/cpu.txt torch; }") for line in from_pytorch
+    )
