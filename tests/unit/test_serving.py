@@ -286,10 +286,10 @@ def test_every_sampling_field_reaches_the_engine_with_its_value(model: Path, rou
         if route == "chat":
             messages = [{"role": "user", "content": "w10"}]
             fields = {"model": s.name, "messages": messages, "max_tokens": 4} | SAMPLING_FIELDS
-            await s.api.chat(ChatCompletionRequest.model_validate(fields), None)
+            await s.api.chat(ChatCompletionRequest.model_validate(fields), http_request())
         else:
             await s.api.completion(
-                completion(s.name, prompt=[11], max_tokens=4, **SAMPLING_FIELDS), None
+                completion(s.name, prompt=[11], max_tokens=4, **SAMPLING_FIELDS), http_request()
             )
         return s.fake.params
 
