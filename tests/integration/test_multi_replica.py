@@ -64,7 +64,21 @@ def app(deploy_config: ServeDeploySchema, base_url: str) -> Iterator[str]:
     yield name
     deploy(deploy_config)
     wait_for_replicas(name, 1, DOWNSCALE_S)
-    assert serve.status().applications[name].status == "RUNNING"
+    wait_until_settled(name, REPLICA_START_S)
+
+
+def wait_until_settled(app: str, timeout_s: float) -> None:
+    """Until the app runs with every deployment healthy for 3 polls in a row (the ingress
+    replicas a redeploy restarts included); fails at `timeout_s`."""
+    deadline, healthy = time.monotonic() + timeout_s, 0
+    while healthy < 3:
+        status = serve.status().applications[app]
+        settled = status.status == "RUNNING" and all(
+            deployment.status == "HEALTHY" for deployment in status.deployments.values()
+        )
+        healthy = healthy + 1 if settled else 0
+        assert time.monotonic() < deadline, f"the app did not settle: {status}"
+        time.sleep(1)
 
 
 def samples(http: httpx.Client, name: str) -> list[tuple[dict[str, str], float]]:
@@ -99,8 +113,13 @@ def test_the_llm_server_scales_to_two_replicas_under_load_and_back_to_one_when_i
     stop = threading.Event()
 
     def load() -> None:
+        """One client asking without a pause; it keeps going through the ingress replicas'
+        restart that the redeploy above causes."""
         while not stop.is_set():
-            client.completions.create(model=model, prompt="Count:", max_tokens=48)
+            try:
+                client.completions.create(model=model, prompt="Count:", max_tokens=48)
+            except openai.APIError:
+                time.sleep(0.5)
 
     with ThreadPoolExecutor(6) as pool:
         for _ in range(6):
@@ -123,6 +142,7 @@ def test_the_llm_server_scales_to_two_replicas_under_load_and_back_to_one_when_i
 def two_replicas(app: str, deploy_config: ServeDeploySchema) -> str:
     deploy(with_llm(deploy_config, autoscaling_config={"min_replicas": 2, "max_replicas": 2}))
     wait_for_replicas(app, 2, REPLICA_START_S)
+    wait_until_settled(app, REPLICA_START_S)
     return app
 
 
