@@ -40,7 +40,7 @@ from serve_app.core.constants import (
     TOKENIZE_ROUTE,
 )
 from serve_app.core.default_model import prepare_default_model
-from tests.integration.test_errors import QUESTION, assert_error, chat
+from tests.integration.test_errors import QUESTION, TYPES, chat
 
 # Examples per operation and generation mode (GET routes: positive only; Hypothesis stops
 # early where a route has fewer distinct requests, e.g. none without parameters).
@@ -167,25 +167,34 @@ def test_generated_requests_get_no_5xx_and_openai_errors(http: httpx.Client, mod
 # ---- hand-made cases ------------------------------------------------------------------------
 
 
+def error_of(response: httpx.Response, status: int) -> dict[str, Any]:
+    """The OpenAI error of a response with this status, of the status's type."""
+    assert response.status_code == status, response.text
+    assert_openai_error(response.json())
+    error = response.json()["error"]
+    assert error["type"] == TYPES[status], error
+    return error
+
+
 def post_raw(http: httpx.Client, content: bytes, content_type: str) -> httpx.Response:
     return http.post(CHAT_ROUTE, content=content, headers={"Content-Type": content_type})
 
 
 def test_a_body_that_is_not_utf8_is_400_invalid_json(http: httpx.Client, model: str) -> None:
     body = b'{"model": "%s", "messages": [{"role": "user", "content": "\xff"}]}' % model.encode()
-    assert assert_error(post_raw(http, body, "application/json"), 400)["code"] == "invalid_json"
+    assert error_of(post_raw(http, body, "application/json"), 400)["code"] == "invalid_json"
 
 
 def test_a_json_body_sent_as_text_plain_is_400_invalid_json(http: httpx.Client, model: str) -> None:
     body = json.dumps({"model": model, "messages": QUESTION}).encode()
-    error = assert_error(post_raw(http, body, "text/plain"), 400)
+    error = error_of(post_raw(http, body, "text/plain"), 400)
     assert error["code"] == "invalid_json" and "application/json" in error["message"]
 
 
 def test_json_nested_ten_thousand_deep_is_400_invalid_json(http: httpx.Client, model: str) -> None:
     depth = 10_000
     body = b'{"model": "%s", "messages": %s%s}' % (model.encode(), b"[" * depth, b"]" * depth)
-    assert assert_error(post_raw(http, body, "application/json"), 400)["code"] == "invalid_json"
+    assert error_of(post_raw(http, body, "application/json"), 400)["code"] == "invalid_json"
 
 
 @pytest.mark.parametrize(
@@ -206,7 +215,7 @@ def test_hostile_chat_fields_are_400(
     http: httpx.Client, model: str, fields: dict[str, Any], param: str | None
 ) -> None:
     """`param` is the field named, less the union member pydantic appends (`stop.list[str]`)."""
-    error = assert_error(chat(http, model, **fields), 400)
+    error = error_of(chat(http, model, **fields), 400)
     assert (error["param"] and error["param"].split(".")[0]) == param, error
 
 
@@ -221,8 +230,8 @@ def test_hostile_chat_fields_are_400(
 def test_a_billion_max_tokens_is_400_context_length_exceeded(
     http: httpx.Client, model: str, route: str, fields: dict[str, Any], param: str
 ) -> None:
-    error = assert_error(http.post(route, json={"model": model, **fields}), 400, param)
-    assert error["code"] == "context_length_exceeded"
+    error = error_of(http.post(route, json={"model": model, **fields}), 400)
+    assert (error["param"], error["code"]) == (param, "context_length_exceeded")
 
 
 def test_a_prompt_of_only_special_tokens_is_answered(http: httpx.Client, model: str) -> None:
