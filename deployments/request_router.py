@@ -37,6 +37,11 @@ class CacheAwareRouter(RequestRouter):
         candidate_replicas: list[RunningReplica],
         pending_request: PendingRequest | None = None,
     ) -> list[list[RunningReplica]]:
+        if pending_request is not None:
+            # Every rank below offers all the candidates: once Serve has tried them all, it
+            # must back off before asking again (without this it asks again at once, and a
+            # full or slow replica spins the router's thread: seen in CI at 42% of a core).
+            pending_request.routing_context.should_backoff = True
         key = self._key(pending_request)
         if key is None:
             return [candidate_replicas]

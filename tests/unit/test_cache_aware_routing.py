@@ -1,14 +1,19 @@
 """The cache-aware routing policy's decisions on a made-up replica set: affinity, spill-over,
 ties, sessions, bounded memory; and the router config the builder gives the LLM server."""
 
+import asyncio
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
+from ray.serve._private.common import DeploymentID, ReplicaID, RequestMetadata
 from ray.serve._private.constants import DEFAULT_REQUEST_ROUTER_PATH
+from ray.serve._private.request_router.common import PendingRequest, ReplicaQueueLengthCache
 
 from deployments.request_router import CacheAwareRouter, request_router_config
 from serve_app.core.config import AppConfig
 from serve_app.routing.cache_aware import CacheAwarePolicy, Candidate, block_hashes
+from serve_app.vllm_compat import SamplingParams, engine_request
 
 BLOCK = 16
 
@@ -140,3 +145,21 @@ def test_the_cache_aware_router_cuts_prompts_like_the_engines_cache(
         "max_blocks_per_replica": config.routing.max_blocks_per_replica,
         "max_sessions": config.routing.max_sessions,
     }
+
+
+def test_after_offering_every_replica_the_router_lets_serve_back_off():
+    """Without it Serve asks again at once while the replicas are full or slow to answer, and
+    the router's thread spins (42% of a core in a CI run)."""
+    router = CacheAwareRouter.__new__(CacheAwareRouter)  # Serve's constructor needs a cluster
+    router.initialize_state(BLOCK, 64, 1_000, 10)
+    router._replica_queue_len_cache = ReplicaQueueLengthCache()
+    deployment = DeploymentID(name="LLMServer", app_name="llm")
+    replicas = [
+        SimpleNamespace(replica_id=ReplicaID(unique_id=name, deployment_id=deployment))
+        for name in ("a", "b")
+    ]
+    request = engine_request({"prompt_token_ids": prompt(5)}, SamplingParams(), "r", {})
+    pending = PendingRequest(args=[request], kwargs={}, metadata=RequestMetadata("r", "r"))
+    ranks = asyncio.run(router.choose_replicas(replicas, pending))
+    assert sorted(rank[0].replica_id.unique_id for rank in ranks) == ["a", "b"]
+    assert pending.routing_context.should_backoff
