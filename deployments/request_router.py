@@ -21,16 +21,9 @@ from serve_app.vllm_compat import EngineRequest, default_block_size
 class CacheAwareRouter(RequestRouter):
     """Sends each request where its prompt's prefix is cached, unless that replica is too busy."""
 
-    def initialize_state(
-        self,
-        block_tokens: int,
-        queued_request_cost_tokens: int,
-        max_blocks_per_replica: int,
-        max_sessions: int,
-    ) -> None:
-        self._policy = CacheAwarePolicy(
-            block_tokens, queued_request_cost_tokens, max_blocks_per_replica, max_sessions
-        )
+    def initialize_state(self, **policy: int) -> None:
+        """`policy`: `request_router_config`'s kwargs, the policy's arguments."""
+        self._policy = CacheAwarePolicy(**policy)
 
     async def choose_replicas(
         self,

@@ -52,6 +52,7 @@ from benchmarks.lib.routing_workloads import (
     WorkloadName,
     plan,
 )
+from deployments.request_router import request_router_config
 from serve_app.core.config import AppConfig
 from serve_app.routing.cache_aware import CacheAwarePolicy, Candidate
 from serve_app.vllm_compat import default_block_size
@@ -288,13 +289,8 @@ def summarise(
 def decision_time_us(scale: Scale, replicas: int, block_tokens: int, seed: int) -> dict[str, float]:
     """The cache-aware policy's time per request (key, rank, remember), on this workload set
     with `replicas` replicas of random load, measured in this process."""
-    routing = AppConfig().routing
-    policy = CacheAwarePolicy(
-        block_tokens,
-        routing.queued_request_cost_tokens,
-        routing.max_blocks_per_replica,
-        routing.max_sessions,
-    )
+    shipped = request_router_config(AppConfig(), "gpu").request_router_kwargs
+    policy = CacheAwarePolicy(**(shipped | {"block_tokens": block_tokens}))
     rng = random.Random(seed)
     times = []
     for name in WORKLOADS:

@@ -151,7 +151,12 @@ def test_after_offering_every_replica_the_router_lets_serve_back_off():
     """Without it Serve asks again at once while the replicas are full or slow to answer, and
     the router's thread spins (42% of a core in a CI run)."""
     router = CacheAwareRouter.__new__(CacheAwareRouter)  # Serve's constructor needs a cluster
-    router.initialize_state(BLOCK, 64, 1_000, 10)
+    router.initialize_state(
+        block_tokens=BLOCK,
+        queued_request_cost_tokens=64,
+        max_blocks_per_replica=1_000,
+        max_sessions=10,
+    )
     router._replica_queue_len_cache = ReplicaQueueLengthCache()
     deployment = DeploymentID(name="LLMServer", app_name="llm")
     replicas = [
