@@ -5,7 +5,9 @@ runs on an LLM-server replica.
 Token streams go over Serve's gRPC channel between replicas by default: every output is one
 gRPC message, pickled, instead of one Ray object reported through the actor-task streaming
 generator, which costs 2 to 7 times more per chunk (benchmarks/serving/stream_transport.py).
-Every failure of the hop comes out as an `OpenAIError`. A request that fails before its first
+Each `generate` call is a request of its own to Serve's router (`_own_routing_id`), not one of
+several sharing their HTTP request's id (a batch of prompts). Every failure of the hop comes
+out as an `OpenAIError`. A request that fails before its first
 output because its replica failed (engine dead or stalled, actor gone) is sent again, up to
 `REPLICA_RETRIES` times: nothing was generated yet, and Serve's router drops a failed replica
 as soon as the controller has replaced it.
@@ -13,11 +15,14 @@ as soon as the controller has replaced it.
 
 import asyncio
 import contextlib
+import dataclasses
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
 from ray.exceptions import RayActorError, RayTaskError
+from ray.serve import context as serve_context
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
@@ -132,7 +137,8 @@ class LLMServerClient:
         self, request: EngineRequest, record: RequestRecord | None
     ) -> AsyncIterator[RequestOutput]:
         for attempt in range(REPLICA_RETRIES + 1):
-            response = self._stream_handle.generate.remote(request)
+            with _own_routing_id():
+                response = self._stream_handle.generate.remote(request)
             first: RequestOutput | None = None
             try:
                 with _openai_errors(record):
@@ -186,6 +192,23 @@ class LLMServerClient:
         """Resources of one engine replica (whichever the router picks)."""
         with _openai_errors(None):
             return await self._handle.engine_stats.remote()
+
+
+@contextlib.contextmanager
+def _own_routing_id() -> Iterator[None]:
+    """Handle calls made within carry an internal request id of their own, not their HTTP
+    request's. Serve's router (Ray 2.60) files a request waiting for a replica under that id,
+    one request per id, and a router without Serve's FIFO mixin (ours) hands the replica it
+    picked to the request filed under the id: of two calls of one HTTP request waiting at
+    once, the second never gets one, and its routing task retries forever, holding one of
+    the router's few routing tasks (in CI, every request then hung after a batch of prompts)."""
+    outer = serve_context._get_serve_request_context()
+    own = dataclasses.replace(outer, _internal_request_id=str(uuid.uuid4()))
+    token = serve_context._serve_request_context.set(own)
+    try:
+        yield
+    finally:
+        serve_context._serve_request_context.reset(token)
 
 
 @contextlib.contextmanager
