@@ -4,7 +4,9 @@
 #   bash benchmarks/gpu_run.sh MODE OUT [ARGS]
 # MODE: compare|scale|sweep|sweep-no-engine-metrics|sweep-python-proxy|loop-stall|experiments|
 #       routing|tests
-# compare: bare vLLM vs our app, Llama-3-8B shape with dummy weights, 512 in / 128 out tokens.
+# compare: bare vLLM vs our app, Llama-3-8B shape with dummy weights, 512 in / 128 out tokens
+#          (ARGS: --stacks ours, then a second call with --stacks bare and the same OUT: one
+#          stack per call, ours first; a fresh machine compiles for ~180-300 s per first start).
 # scale:   our app with 1 then 2 replicas (one GPU each) at concurrency 256.
 # tests:   pytest tests/gpu (1 and 2 GPUs).
 # routing: our app with 2 replicas sharing the GPU (gpu_fraction 0.5), one router per call

@@ -9,6 +9,11 @@ vLLM's own load generator (`vllm bench serve`; `benchmarks.lib.serving_stacks`).
     python -m benchmarks.serving.bench_serve compare --dummy-8b --concurrency 1 32 128 \\
         --num-prompts 24 256 512 --out benchmarks/results/<machine>/<date>-<topic>
 
+    # the other order, one stack per call (a call has a time limit): the second call adds
+    # its stack to the first call's serving.json, which then holds both and the ratios
+    python -m benchmarks.serving.bench_serve compare --stacks ours ... --out DIR
+    python -m benchmarks.serving.bench_serve compare --stacks bare ... --out DIR
+
     # our app with 1 replica, then 2 (one GPU each)
     python -m benchmarks.serving.bench_serve scale --dummy-8b --replicas 2 --concurrency 256 \\
         --num-prompts 1024 --out benchmarks/results/<machine>/<date>-<topic>
@@ -17,7 +22,8 @@ vLLM's own load generator (`vllm bench serve`; `benchmarks.lib.serving_stacks`).
     python -m benchmarks.serving.bench_serve ours --dummy-8b --ingress-replicas 2 \\
         --concurrency 32 128 --num-prompts 256 512 --out benchmarks/results/<machine>/<date>-<topic>
 
-`compare` writes `<out>/serving.json` and `serving.png` and prints the ratio table;
+`compare` writes `<out>/serving.json` (every stack in the order it ran, each with its call's
+provenance) and, once it holds both stacks, `serving.png` and the ratio table;
 `scale` writes `scaling.json` and `scaling.png`; `ours` writes `ours.json` and `ours.png`.
 `--ingress-replicas N` (compare, scale, ours) runs N OpenAIIngress replicas; `--app-args JSON`
 overrides serve_config.yaml's app args, e.g. `'{"engine_transport": "actor"}'`.
@@ -36,6 +42,7 @@ from benchmarks.lib import serving_stacks as stacks
 from benchmarks.lib.report import provenance
 
 MODULE = "benchmarks.serving.bench_serve"
+PROVENANCE_KEYS = ("command", "commit", "date", "machine")
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -57,8 +64,14 @@ class Session:
     """One benchmark session: its stacks measured in turn, the report saved after each."""
 
     def __init__(
-        self, args: argparse.Namespace, workload: stacks.Workload, report_name: str
+        self,
+        args: argparse.Namespace,
+        workload: stacks.Workload,
+        report_name: str,
+        resume: bool = False,
     ) -> None:
+        """`resume`: add this session's stacks to the report already in `args.out`, if any
+        (it must be of the same workload and app config)."""
         self.out: Path = args.out
         self.out.mkdir(parents=True, exist_ok=True)
         self.report_path = self.out / report_name
@@ -78,6 +91,17 @@ class Session:
             "workload": workload.model_dump(),
             "stacks": [],
         }
+        if resume and self.report_path.exists():
+            self.report = self._resumed(json.loads(self.report_path.read_text()))
+
+    def _resumed(self, earlier: dict[str, Any]) -> dict[str, Any]:
+        """The earlier report, checked to measure the same thing as this session would."""
+        for key in ("engine", "workload", "app_config", "ingress_replicas", "http_front"):
+            if earlier[key] != self.report[key]:
+                raise SystemExit(f"{self.report_path} has another {key}: {earlier[key]}")
+        earlier.setdefault("calls", [{k: earlier[k] for k in PROVENANCE_KEYS}])
+        earlier["calls"].append({k: self.report[k] for k in PROVENANCE_KEYS})
+        return earlier
 
     def bare(self, workload: stacks.Workload) -> stacks.StackResult:
         flags = stacks.openai_flags(self.report["app_config"])  # bare vLLM with our settings
@@ -113,11 +137,22 @@ class Session:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    """Bare vLLM, then our app with one replica, same engine args and workload."""
+    """Bare vLLM and our app with one replica, same engine args and workload, in the order
+    `--stacks` names them (added to an earlier call's report in `--out`)."""
     workload = stacks.workload_from_args(args)
-    session = Session(args, workload, "serving.json")
-    bare = session.bare(workload)
-    ours = session.ours(workload)
+    session = Session(args, workload, "serving.json", resume=True)
+    for name in args.stacks:
+        if name == "bare":
+            session.bare(workload)
+        else:
+            session.ours(workload)
+    measured = {
+        "bare": [r for r in session.report["stacks"] if r["name"] == "bare vLLM"],
+        "ours": [r for r in session.report["stacks"] if r["name"].startswith("ours")],
+    }
+    if not (measured["bare"] and measured["ours"]):
+        return
+    bare, ours = (stacks.StackResult.model_validate(measured[k][-1]) for k in ("bare", "ours"))
     session.report["ratios"] = stacks.ratio_rows(bare, ours)
     session.save()
     title = f"{session.setup.served_model_name}: bare vLLM vs ours"
@@ -177,6 +212,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             "--ingress-replicas", type=int, help="OpenAIIngress replicas (serve_config.yaml's)"
         )
         p.add_argument("--out", type=Path, default=Path("benchmarks/results/serving"))
+    sub.choices["compare"].add_argument(
+        "--stacks", nargs="+", choices=("bare", "ours"), default=["bare", "ours"]
+    )
     sub.choices["scale"].add_argument("--replicas", type=int, default=2)
     sub.choices["ours"].add_argument("--replicas", type=int, default=1)
     args = parser.parse_args(argv)

@@ -2,21 +2,25 @@
 ranks, py-spy profiles."""
 
 import argparse
+import json
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from benchmarks.lib import process_cpu, profiling
 from benchmarks.lib.serving_stacks import (
     EngineSetup,
+    LevelResult,
     OurAppOptions,
+    StackResult,
     our_config,
     workload_from_args,
 )
-from benchmarks.serving import ingress_sweep
+from benchmarks.serving import bench_serve, ingress_sweep
 from serve_app.core.config import LiveSettings
 from serve_app.core.constants import LLM_SERVER_DEPLOYMENT
 from serve_app.runtime.serve_config import deployment_section, to_dict
@@ -158,3 +162,40 @@ def test_the_engine_lab_streams_deltas_with_every_sampling_setting() -> None:
     assert params.output_kind == RequestOutputKind.DELTA
     assert (params.max_tokens, params.n, params.temperature, params.top_p) == (9, 2, 0.3, 0.8)
     assert (params.seed, params.stop, params.logprobs, params.top_k) == (5, ["a"], 2, 7)
+
+
+def test_a_compare_in_two_calls_holds_both_stacks_in_run_order_and_their_ratios(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each stack measured in a call of its own (`--stacks`): the second call adds to the
+    first's report; the ratios come once both are there. Only the measuring is faked."""
+
+    def measured(throughput: float) -> Any:
+        def measure(session: bench_serve.Session, workload: Any, *_: Any) -> StackResult:
+            name = "bare vLLM" if throughput == 100 else "ours (1 replica(s))"
+            level = LevelResult(
+                concurrency=1, completed=8, failed=0, duration_s=1, request_throughput=8,
+                output_throughput=throughput, ttft_ms={"p50": 20}, tpot_ms={}, itl_ms={"p99": 5},
+                e2el_ms={},
+            )  # fmt: skip
+            result = StackResult(name=name, levels=[level])
+            session.report["stacks"].append(result.model_dump())
+            session.save()
+            return result
+
+        return measure
+
+    monkeypatch.setattr(bench_serve.Session, "bare", measured(100))
+    monkeypatch.setattr(bench_serve.Session, "ours", measured(97))
+    common = ["--concurrency", "1", "--num-prompts", "8", "--out", str(tmp_path)]
+    bench_serve.main(["compare", "--stacks", "ours", *common])
+    report = json.loads((tmp_path / "serving.json").read_text())
+    assert "ratios" not in report
+    bench_serve.main(["compare", "--stacks", "bare", *common])
+    report = json.loads((tmp_path / "serving.json").read_text())
+    assert [stack["name"] for stack in report["stacks"]] == ["ours (1 replica(s))", "bare vLLM"]
+    assert len(report["calls"]) == 2
+    assert report["ratios"][0]["throughput_ratio"] == 0.97
+    # A later call measuring something else is refused, the report kept.
+    with pytest.raises(SystemExit, match="workload"):
+        bench_serve.main(["compare", "--stacks", "bare", *common, "--input-len", "64"])
