@@ -17,6 +17,7 @@ import asyncio
 import statistics
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -54,14 +55,17 @@ class RequestResult(BaseModel):
 
 
 class Summary(BaseModel):
+    """Latencies and rates of the requests that succeeded; the others counted by status."""
+
     requests: int
     succeeded: int
+    failed_by_status: dict[str, int] = Field(description="HTTP status -> failed requests.")
     wall_s: float
     completion_tokens: int
     aggregate_tokens_per_second: float = Field(description="All completion tokens / wall time.")
-    mean_request_s: float
-    max_request_s: float
-    mean_tokens_per_second: float = Field(description="Mean of the responses' vllm_stats.")
+    mean_request_s: float | None
+    max_request_s: float | None
+    mean_tokens_per_second: float | None = Field(description="Mean of the responses' vllm_stats.")
 
 
 class ConcurrentClientResult(Provenance):
@@ -127,12 +131,13 @@ def summarise(results: Sequence[RequestResult], wall_s: float) -> Summary:
     return Summary(
         requests=len(results),
         succeeded=len(ok),
+        failed_by_status=dict(Counter(str(r.status) for r in results if r.status != 200)),
         wall_s=round(wall_s, 3),
         completion_tokens=tokens,
         aggregate_tokens_per_second=round(tokens / wall_s, 2),
-        mean_request_s=round(statistics.fmean(r.seconds for r in results), 3),
-        max_request_s=max(r.seconds for r in results),
-        mean_tokens_per_second=round(statistics.fmean(rates), 2) if rates else 0.0,
+        mean_request_s=round(statistics.fmean(r.seconds for r in ok), 3) if ok else None,
+        max_request_s=max(r.seconds for r in ok) if ok else None,
+        mean_tokens_per_second=round(statistics.fmean(rates), 2) if rates else None,
     )
 
 
@@ -168,10 +173,11 @@ async def run(
     results = sorted((task.result() for task in tasks), key=lambda r: r.index)
     summary = summarise(results, wall_s)
     print(
-        f"{summary.succeeded}/{summary.requests} succeeded in {summary.wall_s:.2f} s: "
+        f"{summary.succeeded}/{summary.requests} succeeded in {summary.wall_s:.2f} s "
+        f"(failed by status: {summary.failed_by_status or 'none'}): "
         f"{summary.completion_tokens} tokens, {summary.aggregate_tokens_per_second:.1f} tok/s "
-        f"together; per request {summary.mean_request_s:.2f} s mean, "
-        f"{summary.max_request_s:.2f} s max, {summary.mean_tokens_per_second:.1f} tok/s mean",
+        f"together; per succeeded request {summary.mean_request_s} s mean, "
+        f"{summary.max_request_s} s max, {summary.mean_tokens_per_second} tok/s mean",
         flush=True,
     )
     return ConcurrentClientResult(
@@ -202,7 +208,8 @@ def plot(result: ConcurrentClientResult, path: Path) -> None:
             fontsize=8,
         )
         ax.axvline(result.summary.wall_s, color="black", linestyle=":", label="wall time, all")
-        ax.set_xlim(0, result.summary.max_request_s * 1.3)  # room for the labels
+        longest = max(r.seconds for r in result.results)
+        ax.set_xlim(0, max(longest, result.summary.wall_s) * 1.3)  # room for the labels
         ax.invert_yaxis()
         ax.set_xlabel("seconds")
         ax.legend(loc="lower right")

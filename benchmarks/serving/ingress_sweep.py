@@ -88,6 +88,8 @@ TTFT_IN_LOG = re.compile(r"status=ok .*?ttft_s=([0-9.]+)")
 REDEPLOY_TIMEOUT_S = 300.0
 # Prompt seeds of variant k: SEED_STEP * (k - 1) + the level's own; variant 1 gets bare vLLM's.
 SEED_STEP = 1000
+# Prompt seeds of a level's warm-ups: the level's plus this (no variant's or level's seed).
+WARMUP_SEED_STEP = 500
 
 
 class Variant(BaseModel):
@@ -186,8 +188,17 @@ def measure_levels(
     The levels of `profile_at` are sampled with py-spy, into `<profile_dir>/c<concurrency>/`.
     """
     levels = []
+    url = f"http://127.0.0.1:{port}"
     for level in workload.levels:
         level = level.model_copy(update={"seed": level.seed + seed_offset})
+        # The warm-ups go first, on prompts of their own, so that the ingress's TTFT is read
+        # from the measured requests' log lines only.
+        warmups = level.model_copy(
+            update={"num_prompts": workload.warmups, "seed": level.seed + WARMUP_SEED_STEP}
+        )
+        if workload.warmups:
+            run_levels(url, setup.served_model_name, setup.tokenizer,
+                       workload.model_copy(update={"levels": [warmups], "warmups": 0}))  # fmt: skip
         offsets = _log_offsets()
         sampled = (
             profiling.profiled(profile_dir / f"c{level.concurrency}")
@@ -197,10 +208,10 @@ def measure_levels(
         with sampled as profiles:
             before, start = process_cpu.snapshot(), time.monotonic()
             (result,) = run_levels(
-                f"http://127.0.0.1:{port}",
+                url,
                 setup.served_model_name,
                 setup.tokenizer,
-                workload.model_copy(update={"levels": [level]}),
+                workload.model_copy(update={"levels": [level], "warmups": 0}),
             )
             after, seconds = process_cpu.snapshot(), time.monotonic() - start
         levels.append(

@@ -63,7 +63,7 @@ class Phase(BaseModel):
 
     name: PhaseName
     gap_ms: dict[str, float]
-    victim_tokens_per_s: float
+    victim_chunks_per_s: float  # SSE events; one holds several tokens when paced
     flood_requests: int
     flood_statuses: dict[str, int]
     flood_latency_p50_ms: float | None
@@ -177,7 +177,7 @@ async def measure_phase(url: str, model: str, name: PhaseName, args: argparse.Na
     return Phase(
         name=name,
         gap_ms=_percentiles_ms(gaps),
-        victim_tokens_per_s=round(statistics.median(rates), 1),
+        victim_chunks_per_s=round(statistics.median(rates), 1),
         flood_requests=len(flooded),
         flood_statuses=dict(Counter(str(status) for status, _ in flooded)),
         flood_latency_p50_ms=(

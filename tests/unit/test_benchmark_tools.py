@@ -14,13 +14,16 @@ import pytest
 from benchmarks.lib import process_cpu, profiling
 from benchmarks.lib.serving_stacks import (
     EngineSetup,
+    Level,
     LevelResult,
     OurAppOptions,
     StackResult,
+    Workload,
     our_config,
     workload_from_args,
 )
-from benchmarks.serving import bench_serve, ingress_sweep
+from benchmarks.serving import bench_serve, concurrent_client, ingress_sweep
+from benchmarks.serving.concurrent_client import RequestResult
 from serve_app.core.config import LiveSettings
 from serve_app.core.constants import LLM_SERVER_DEPLOYMENT
 from serve_app.runtime.serve_config import deployment_section, to_dict
@@ -72,6 +75,34 @@ def test_the_ingress_ttft_comes_from_request_log_lines_written_since_the_offsets
             sink.write(f"INFO request_id=b route=/v1/completions status=ok ttft_s={ttft}\n")
         sink.write("INFO request_id=c route=/v1/completions status=aborted ttft_s=5.0\n")
     assert ingress_sweep._ingress_ttfts_ms(offsets)["p50"] == 20.0
+
+
+def test_a_sweep_level_reads_the_ingress_ttft_of_its_measured_requests_not_its_warmups(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The warm-ups run first, on prompts of their own; only later log lines count."""
+    monkeypatch.setattr(ingress_sweep, "SERVE_LOGS", tmp_path)
+    log = tmp_path / "replica_llm_OpenAIIngress_abc.log"
+    log.touch()
+    calls: list[Workload] = []
+
+    def run_levels(url: str, model: str, tokenizer: str, workload: Workload) -> list[LevelResult]:
+        calls.append(workload)
+        ttft = 9.0 if len(calls) == 1 else 0.02  # the warm-ups' first tokens are slow
+        with log.open("a") as sink:
+            sink.write(f"INFO route=/v1/completions status=ok ttft_s={ttft}\n" * 4)
+        return [LevelResult(concurrency=2, completed=4, failed=0, duration_s=1,
+                            request_throughput=4, output_throughput=40, ttft_ms={"p50": 20},
+                            tpot_ms={}, itl_ms={}, e2el_ms={})]  # fmt: skip
+
+    monkeypatch.setattr(ingress_sweep, "run_levels", run_levels)
+    setup = EngineSetup(model="m", served_model_name="m", tokenizer="m", max_model_len=64)
+    workload = Workload(levels=[Level(concurrency=2, num_prompts=4, seed=1)], warmups=3)
+    (level,) = ingress_sweep.measure_levels(8000, setup, workload, 1000, tmp_path)
+    assert level.ingress_ttft_ms["p50"] == 20.0
+    warmups, measured = calls
+    assert (warmups.levels[0].num_prompts, measured.warmups) == (3, 0)
+    assert warmups.levels[0].seed != measured.levels[0].seed == 1001
 
 
 def test_threads_rank_by_the_cpu_they_used_between_snapshots() -> None:
@@ -199,3 +230,13 @@ def test_a_compare_in_two_calls_holds_both_stacks_in_run_order_and_their_ratios(
     # A later call measuring something else is refused, the report kept.
     with pytest.raises(SystemExit, match="workload"):
         bench_serve.main(["compare", "--stacks", "bare", *common, "--input-len", "64"])
+
+
+def test_a_concurrent_client_summary_counts_failures_and_averages_the_rest() -> None:
+    ok = RequestResult(index=0, question="q", status=200, seconds=2.0, completion_tokens=10,
+                       tokens_per_second=5.0)  # fmt: skip
+    refused = RequestResult(index=1, question="q", status=503, seconds=0.01, error="busy")
+    summary = concurrent_client.summarise([ok, refused, refused], wall_s=2.0)
+    assert (summary.succeeded, summary.failed_by_status) == (1, {"503": 2})
+    assert (summary.mean_request_s, summary.max_request_s) == (2.0, 2.0)
+    assert concurrent_client.summarise([refused], wall_s=1.0).mean_request_s is None
