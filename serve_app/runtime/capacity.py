@@ -66,17 +66,17 @@ def check_fits(
         if ingress_section is not None and "num_replicas" in ingress_section.model_fields_set
         else INGRESS_REPLICAS[accelerator]
     )
-    ingress_cpus = ingress * _cpus(ingress_section)
+    cpus_per_ingress = _cpus(ingress_section)
     llm_cpus = args.cpu_cores_per_replica if accelerator == "cpu" else 1
     llm_gpus = 0.0 if accelerator == "cpu" else args.tensor_parallel_size * args.gpu_fraction
     counts = {"at start": llm.start} | ({"at max_replicas": llm.most} if fixed_cluster else {})
     for moment, replicas in counts.items():
-        cpus = replicas * llm_cpus + ingress_cpus
+        cpus = replicas * llm_cpus + ingress * cpus_per_ingress
         gpus = replicas * llm_gpus
         if cpus > cluster_cpus:
             raise UnschedulableConfigError(
                 f"{replicas} {LLM_SERVER_DEPLOYMENT} replicas ({moment}) x {llm_cpus:g} CPU + "
-                f"{ingress} {INGRESS_DEPLOYMENT} replicas x {_cpus(ingress_section):g} CPU "
+                f"{ingress} {INGRESS_DEPLOYMENT} replicas x {cpus_per_ingress:g} CPU "
                 f"= {cpus:g} CPUs, but the Ray cluster has {cluster_cpus:g}: Serve would wait "
                 "for them forever. Lower the replica counts or the ingress's num_cpus "
                 f"(ray_actor_options), or set cpu_cores_per_replica lower."
