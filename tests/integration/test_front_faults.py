@@ -4,7 +4,7 @@ bound. A request in flight on the killed ingress replica gets HAProxy's plain-te
 maps HAProxy's 502 to 500) or a closed connection: HAProxy replays only requests that never
 reached a server.
 
-Run with `-s` to see the figures the README quotes.
+Run with `-s` to see the times (docs/reliability.md describes the faults).
 """
 
 import os
