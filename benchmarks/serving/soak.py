@@ -105,7 +105,7 @@ class ExpectedError(BaseModel):
     code: str | None = Field(description="None: any code.")
 
 
-# What each deliberately bad request must be answered with (README, "Errors").
+# What each deliberately bad request must be answered with (docs/api.md, "Errors").
 EXPECTED_ERRORS: dict[Kind, ExpectedError] = {
     "invalid_json": ExpectedError(status=400, type="invalid_request_error", code="invalid_json"),
     "unknown_model": ExpectedError(

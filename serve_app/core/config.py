@@ -62,7 +62,7 @@ ChunksPerSecond = Annotated[
 
 
 class MetricsConfig(BaseModel):
-    """What the service exports to Prometheus (see README, "Metrics")."""
+    """What the service exports to Prometheus (docs/observability.md)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

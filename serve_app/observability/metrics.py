@@ -2,7 +2,7 @@
 
 They are exported through `ray.serve.metrics` from every replica: Ray prefixes each name with
 `ray_` (counters also get `_total`) and adds the tags `application`, `deployment` and
-`replica`. README ("Metrics and logs") and docs/observability.md list them all.
+`replica`. docs/observability.md lists them all.
 """
 
 import asyncio

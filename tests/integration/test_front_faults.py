@@ -4,7 +4,7 @@ bound. A request in flight on the killed ingress replica, not yet answered, is a
 HAProxy replays it on the other replica (`RAY_SERVE_HAPROXY_RETRY_ON` in SERVE_ENV_DEFAULTS;
 without it, HAProxy's plain-text 500 or a closed connection).
 
-Run with `-s` to see the figures the README quotes.
+Run with `-s` to see the times (docs/reliability.md describes the faults).
 """
 
 import os

@@ -10,7 +10,7 @@ from tests.integration.exported import EXPORT_WAIT_S, grown, scrape, series, set
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 ABANDONED = 3
 
-# Every metric README and docs/observability.md document, as Prometheus exposes it (Ray adds
+# Every metric docs/observability.md documents, as Prometheus exposes it (Ray adds
 # `ray_`, counters `_total`).
 SERVE_METRICS = [
     "ray_llm_requests_total",

