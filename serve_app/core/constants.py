@@ -79,8 +79,8 @@ DEFAULT_MAX_REQUEST_BYTES: Final = 8 * 1024 * 1024
 # RAY_SERVE_HAPROXY_RETRY_ON adds `empty-response` to Serve's `conn-failure`: a request whose
 # ingress replica closed its connection before answering a byte (the replica died, or closed
 # an idle keep-alive connection as HAProxy reused it) is sent again to another replica, instead
-# of the client getting HAProxy's plain-text 500. Only requests that fit HAProxy's buffer
-# (16 KiB) are replayed; the first attempt's generation died with its replica.
+# of the client getting HAProxy's plain-text 500. HAProxy keeps a request for a replay only
+# while it fits one of its buffers (16 KiB); the first attempt's generation died with its replica.
 SERVE_ENV_DEFAULTS: Final = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     "RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": "2",

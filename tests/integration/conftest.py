@@ -19,6 +19,7 @@ from ray.serve.schema import ServeDeploySchema
 from serve_app.core.constants import DEFAULT_MODEL_ID, INGRESS_DEPLOYMENT, LLM_SERVER_DEPLOYMENT
 from serve_app.runtime.runner import deploy, wait_until_running, with_serve_defaults
 from serve_app.runtime.serve_config import derive, load_deploy_config
+from tests.integration.figures import RECORD_ENV, Figures
 from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,6 +52,15 @@ def base_url(deploy_config: ServeDeploySchema) -> Iterator[str]:
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def figures() -> Iterator[Figures]:
+    """What the tests measure; written to $RECORD_FIGURES (if set) when the session ends."""
+    measured = Figures()
+    yield measured
+    if target := os.environ.get(RECORD_ENV):
+        measured.save(Path(target))
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ from serve_app.core.constants import LLM_SERVER_DEPLOYMENT
 from serve_app.runtime.readiness import wait_healthy
 from serve_app.runtime.runner import wait_until_running
 from tests.integration.conftest import redeploy_llm_server
+from tests.integration.figures import Figures
 
 RECOVERY_TIMEOUT_S = 600
 # From the fault to /health 503: the replica fails at once, exits 0.5 s later, and Serve's
@@ -90,7 +91,7 @@ def health_503(http: httpx.Client, since: float) -> httpx.Response:
     raise AssertionError(f"/health still answered 200 {DETECTION_BOUND_S} s after the fault")
 
 
-def recover(http: httpx.Client, model: str, since: float, fault: str) -> None:
+def recover(http: httpx.Client, model: str, since: float, fault: str, figures: Figures) -> None:
     """/health says 503 soon, generation gets a 503 with Retry-After meanwhile, and the
     replacement replica answers."""
     down = health_503(http, since)
@@ -109,7 +110,9 @@ def recover(http: httpx.Client, model: str, since: float, fault: str) -> None:
         json={"model": model, "messages": QUESTION, "max_tokens": 24, "temperature": 0},
     )
     assert "Paris" in answer.json()["choices"][0]["message"]["content"]
-    print(f"\n{fault}: /health 503 after {detected:.1f} s, answering again after {recovered:.1f} s")
+    figures.record(
+        fault, health_503_after_s=round(detected, 1), answering_after_s=round(recovered, 1)
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -126,19 +129,19 @@ def healthy_after(http: httpx.Client, model: str) -> Iterator[None]:
 
 
 def test_a_killed_replica_actor_fails_streams_cleanly_and_is_replaced(
-    http: httpx.Client, model: str
+    http: httpx.Client, model: str, figures: Figures
 ) -> None:
     error = stream_through_fault(http, model, kill_llm_replicas)
-    recover(http, model, time.monotonic() - error["seconds"], "replica actor killed")
+    recover(http, model, time.monotonic() - error["seconds"], "replica actor killed", figures)
 
 
 def test_a_dead_engine_process_fails_streams_at_once_and_its_replica_is_replaced(
-    http: httpx.Client, model: str
+    http: httpx.Client, model: str, figures: Figures
 ) -> None:
     error = stream_through_fault(http, model, signal_engines(signal.SIGKILL))
     assert error["code"] == "engine_failed" and "died" in error["message"]
     assert error["seconds"] < DETECTION_BOUND_S
-    recover(http, model, time.monotonic() - error["seconds"], "engine process killed")
+    recover(http, model, time.monotonic() - error["seconds"], "engine process killed", figures)
 
 
 @pytest.fixture
@@ -151,9 +154,9 @@ def short_stall_timeout(deploy_config: ServeDeploySchema) -> Iterator[None]:
 
 
 def test_a_hung_engine_is_killed_after_the_stall_timeout_and_its_replica_replaced(
-    short_stall_timeout: None, http: httpx.Client, model: str
+    short_stall_timeout: None, http: httpx.Client, model: str, figures: Figures
 ) -> None:
     error = stream_through_fault(http, model, signal_engines(signal.SIGSTOP))
     assert error["code"] == "engine_failed" and "stalled" in error["message"]
     assert STALL_TIMEOUT_S <= error["seconds"] < STALL_TIMEOUT_S + DETECTION_BOUND_S
-    recover(http, model, time.monotonic() - error["seconds"], "engine hung (SIGSTOP)")
+    recover(http, model, time.monotonic() - error["seconds"], "engine hung (SIGSTOP)", figures)

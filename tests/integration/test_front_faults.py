@@ -18,6 +18,7 @@ import ray
 
 from serve_app.core.constants import INGRESS_DEPLOYMENT
 from serve_app.runtime.leftovers import is_serve_haproxy
+from tests.integration.figures import Figures
 
 RECOVERY_BOUND_S = 120
 HAPROXY_RECOVERY_BOUND_S = 20
@@ -64,7 +65,7 @@ def probe_until(base_url: str, model: str, done: Callable[[], bool]) -> tuple[li
 
 
 def test_a_killed_ingress_replica_is_replaced_while_the_other_answers(
-    base_url: str, model: str
+    base_url: str, model: str, figures: Figures
 ) -> None:
     before = set(ingress_actors())
     assert len(before) == 2
@@ -85,24 +86,27 @@ def test_a_killed_ingress_replica_is_replaced_while_the_other_answers(
 
         outcomes, seconds = probe_until(base_url, model, replaced)
         answered = [future.result() for future in in_flight]
-    print(
-        f"\ningress replica killed: in flight {answered}; {len(outcomes)} requests sent"
-        f" meanwhile, replaced in {seconds:.1f}s"
-    )
+    retried = haproxy_retries() - retries_before
+    figures.record(
+        "ingress replica killed", in_flight=answered, sent_meanwhile=outcomes,
+        haproxy_retries=retried, replaced_after_s=round(seconds, 1),
+    )  # fmt: skip
     # HAProxy (leastconn) gave each replica half of them: the dead one's were replayed.
     assert answered == [200] * IN_FLIGHT, answered
-    assert haproxy_retries() > retries_before
+    assert retried > 0
     assert outcomes and set(outcomes) == {200}, outcomes
 
 
-def test_a_killed_haproxy_is_started_again(base_url: str, model: str) -> None:
+def test_a_killed_haproxy_is_started_again(base_url: str, model: str, figures: Figures) -> None:
     haproxies = [p for p in psutil.Process().children(recursive=True) if is_serve_haproxy(p)]
     assert haproxies, "no Serve HAProxy under this session"
     for haproxy in haproxies:
         haproxy.kill()
     psutil.wait_procs(haproxies, timeout=10)
     outcomes, seconds = probe_until(base_url, model, lambda: ask(base_url, model) == 200)
-    print(f"\nHAProxy killed: answering again after {seconds:.1f}s; meanwhile {set(outcomes)}")
+    figures.record(
+        "HAProxy killed", answering_after_s=round(seconds, 1), meanwhile=sorted(map(str, outcomes))
+    )
     assert seconds < HAPROXY_RECOVERY_BOUND_S
     # Until Serve's controller restarts it (its health check fails 3 times, 2 s apart),
     # nothing listens: connections are refused; the new HAProxy answers 404 until it has the

@@ -40,6 +40,7 @@ from serve_app.core.constants import (
     TOKENIZE_ROUTE,
 )
 from serve_app.core.default_model import prepare_default_model
+from tests.integration.figures import Figures
 from tests.integration.test_errors import QUESTION, TYPES, chat
 
 # Examples per operation and generation mode (GET routes: positive only; Hypothesis stops
@@ -144,7 +145,9 @@ def fuzz(http: httpx.Client, operation: APIOperation, mode: GenerationMode, mode
 
 
 @pytest.mark.timeout(FUZZ_TIMEOUT_S, func_only=True)
-def test_generated_requests_get_no_5xx_and_openai_errors(http: httpx.Client, model: str) -> None:
+def test_generated_requests_get_no_5xx_and_openai_errors(
+    http: httpx.Client, model: str, figures: Figures
+) -> None:
     response = http.get("/openapi.json")
     assert response.status_code == 200, response.text
     schema = schemathesis.openapi.from_dict(response.json())
@@ -159,7 +162,7 @@ def test_generated_requests_get_no_5xx_and_openai_errors(http: httpx.Client, mod
             total += sent
             elapsed = time.monotonic() - began
             print(f"{operation.label} ({mode.value}): {sent} cases in {elapsed:.0f} s")
-    print(f"fuzzed {total} cases in {time.monotonic() - start:.0f} s")
+    figures.record("fuzzing", cases=total, seconds=round(time.monotonic() - start))
     assert total >= MIN_CASES
     assert http.get("/health").status_code == 200
 

@@ -23,6 +23,7 @@ from ray.serve.schema import ServeDeploySchema
 from serve_app.core.constants import INGRESS_DEPLOYMENT, LLM_SERVER_DEPLOYMENT
 from serve_app.runtime.runner import deploy
 from serve_app.runtime.serve_config import derive
+from tests.integration.figures import Figures
 
 pytestmark = pytest.mark.integration
 
@@ -107,6 +108,7 @@ def test_the_llm_server_scales_to_two_replicas_under_load_and_back_to_one_when_i
     client: openai.OpenAI,
     model: str,
     http: httpx.Client,
+    figures: Figures,
 ) -> None:
     deploy(with_llm(deploy_config, autoscaling_config=SCALING))
     wait_for_replicas(app, 1, REPLICA_START_S)
@@ -133,8 +135,10 @@ def test_the_llm_server_scales_to_two_replicas_under_load_and_back_to_one_when_i
         finally:
             stop.set()
     scaled_down_s = wait_for_replicas(app, 1, DOWNSCALE_S)
-    print(
-        f"1 -> 2 replicas in {scaled_up_s:.0f} s under load; 2 -> 1 in {scaled_down_s:.0f} s idle"
+    figures.record(
+        "autoscaling",
+        up_to_2_replicas_s=round(scaled_up_s),
+        down_to_1_replica_s=round(scaled_down_s),
     )
 
 

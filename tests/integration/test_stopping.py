@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from serve_app.runtime.leftovers import is_serve_haproxy
+from tests.integration.figures import Figures
 from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,6 +89,7 @@ def sigterm_twice(process: subprocess.Popen[bytes]) -> None:
 def test_every_way_of_stopping_leaves_no_process_and_frees_the_port(
     runner: tuple[subprocess.Popen[bytes], Path, int],
     stop: Callable[[subprocess.Popen[bytes]], None],
+    figures: Figures,
 ) -> None:
     process, log, port = runner
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -103,6 +105,6 @@ def test_every_way_of_stopping_leaves_no_process_and_frees_the_port(
     exited = time.monotonic() - signalled
     _, alive = psutil.wait_procs(started, timeout=GONE_TIMEOUT_S)
     left = [f"{p.pid} {p.name()}" for p in alive if p.status() != psutil.STATUS_ZOMBIE]
-    print(f"\n{stop.__name__}: the runner exited ({code}) after {exited:.1f}s; left: {left}")
+    figures.record(stop.__name__, exit_code=code, exited_after_s=round(exited, 1), left=left)
     assert not left, f"left running: {left}\n{log.read_text()[-3000:]}"
     assert port_free(port)

@@ -27,6 +27,7 @@ from benchmarks.serving.concurrent_client import RequestResult
 from serve_app.core.config import LiveSettings
 from serve_app.core.constants import LLM_SERVER_DEPLOYMENT
 from serve_app.runtime.serve_config import deployment_section, to_dict
+from tests.integration.figures import Figures
 
 
 def test_a_variant_is_ingress_replicas_an_environment_preset_and_pacing() -> None:
@@ -240,3 +241,15 @@ def test_a_concurrent_client_summary_counts_failures_and_averages_the_rest() -> 
     assert (summary.succeeded, summary.failed_by_status) == (1, {"503": 2})
     assert (summary.mean_request_s, summary.max_request_s) == (2.0, 2.0)
     assert concurrent_client.summarise([refused], wall_s=1.0).mean_request_s is None
+
+
+def test_the_integration_figures_are_saved_with_their_provenance(tmp_path: Path) -> None:
+    figures = Figures()
+    figures.record("ingress replica killed", replaced_after_s=4.2)
+    figures.record("ingress replica killed", replaced_after_s=3.9)
+    figures.save(tmp_path / "figures.json")
+    saved = json.loads((tmp_path / "figures.json").read_text())
+    assert {"command", "commit", "date", "machine"} <= set(saved)
+    assert saved["figures"] == {
+        "ingress replica killed": [{"replaced_after_s": 4.2}, {"replaced_after_s": 3.9}]
+    }
