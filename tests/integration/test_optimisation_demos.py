@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.serving import concurrent_client
+from serve_app.core.config import AppConfig
 from serve_app.core.default_model import prepare_default_model
+from serve_app.engine.engine_args import build_engine_kwargs
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT_S = 900
@@ -43,9 +45,15 @@ def _assert_png(path: Path) -> None:
 
 
 def _default_model_kv_bytes_per_token() -> int:
-    """2 x layers x KV heads x head dim x 2 bytes (bf16), from the model's own config.json."""
+    """2 x layers x KV heads x head dim x bytes per value, from the model's own config.json:
+    bf16 (2 bytes), or float32 (4) where the engine runs it (a CPU without native bf16)."""
     config = json.loads((prepare_default_model() / "config.json").read_text())
-    return 2 * config["num_hidden_layers"] * config["num_key_value_heads"] * config["head_dim"] * 2
+    dtype = build_engine_kwargs(AppConfig(), "cpu").get("dtype", "bfloat16")
+    value_bytes = {"bfloat16": 2, "float32": 4}[dtype]
+    return (
+        2 * config["num_hidden_layers"] * config["num_key_value_heads"] * config["head_dim"]
+        * value_bytes
+    )  # fmt: skip
 
 
 def test_walkthrough_runs_the_ten_steps_and_measures_the_optimisations(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ ties, sessions, bounded memory; and the router config the builder gives the LLM 
 import asyncio
 from collections import Counter
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from ray.serve._private.common import DeploymentID, ReplicaID, RequestMetadata
@@ -148,8 +149,8 @@ def test_the_cache_aware_router_cuts_prompts_like_the_engines_cache(
 
 
 def test_after_offering_every_replica_the_router_lets_serve_back_off():
-    """Without it Serve asks again at once while the replicas are full or slow to answer, and
-    the router's thread spins (42% of a core in a CI run)."""
+    """As Serve's own locality and multiplex mixins do: without it Serve asks again at once,
+    without a pause, while every replica is full or slow to answer."""
     router = CacheAwareRouter.__new__(CacheAwareRouter)  # Serve's constructor needs a cluster
     router.initialize_state(
         block_tokens=BLOCK,
@@ -164,7 +165,12 @@ def test_after_offering_every_replica_the_router_lets_serve_back_off():
         for name in ("a", "b")
     ]
     request = engine_request({"prompt_token_ids": prompt(5)}, SamplingParams(), "r", {})
-    pending = PendingRequest(args=[request], kwargs={}, metadata=RequestMetadata("r", "r"))
-    ranks = asyncio.run(router.choose_replicas(replicas, pending))
+
+    async def choose() -> tuple[list[list[Any]], PendingRequest]:
+        # A PendingRequest makes its future on the running loop.
+        pending = PendingRequest(args=[request], kwargs={}, metadata=RequestMetadata("r", "r"))
+        return await router.choose_replicas(replicas, pending), pending
+
+    ranks, pending = asyncio.run(choose())
     assert sorted(rank[0].replica_id.unique_id for rank in ranks) == ["a", "b"]
     assert pending.routing_context.should_backoff
