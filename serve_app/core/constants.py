@@ -76,15 +76,9 @@ DEFAULT_MAX_REQUEST_BYTES: Final = 8 * 1024 * 1024
 # RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S=2 (10 s in Serve): Serve's controller restarts a dead
 # HAProxy after 3 failed checks of its manager actor (`show info` on HAProxy's admin socket),
 # so the front answers again after ~8 s instead of ~32 s (tests/integration/test_front_faults.py).
-# RAY_SERVE_HAPROXY_RETRY_ON adds `empty-response` to Serve's `conn-failure`: a request whose
-# ingress replica closed its connection before answering a byte (the replica died, or closed
-# an idle keep-alive connection as HAProxy reused it) is sent again to another replica, instead
-# of the client getting HAProxy's plain-text 500. HAProxy keeps a request for a replay only
-# while it fits one of its buffers (16 KiB); the first attempt's generation died with its replica.
 SERVE_ENV_DEFAULTS: Final = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     "RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": "2",
-    "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
 }
 
 # Added to SERVE_ENV_DEFAULTS where this service runs Serve on one machine (`python -m serve_app

@@ -77,7 +77,6 @@ def test_children_get_token_auth_haproxy_no_drain_wait_and_not_an_inherited_ray_
         "RAY_AUTH_MODE": "token",
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": "2",
-        "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0",
         "MODEL_NAME": "m",
         "API_KEYS": "k",
