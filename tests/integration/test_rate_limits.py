@@ -22,6 +22,7 @@ from tests.integration.conftest import redeploy_ingress
 
 REQUESTS_PER_MINUTE = 4
 TOKENS_PER_MINUTE = 1000
+BIG_REQUEST_TOKENS = 900
 APPLY_TIMEOUT_S = 60
 
 
@@ -123,14 +124,17 @@ def test_the_openai_client_sees_a_rate_limit_error_on_a_stream_too(
 def test_tokens_are_reserved_while_a_request_runs(
     rate_limited: None, base_url: str, model: str
 ) -> None:
-    big = chat(model, max_tokens=600, stream=True, ignore_eos=True)
+    # Each asks for 900 of the minute's 1000 tokens. The bucket refills 1000 a minute: the
+    # second is refused unless the first's first chunk takes 48 s (with 600 each, 12 s would
+    # have let it in; it was admitted in two runs on the 2-core machine).
+    big = chat(model, max_tokens=BIG_REQUEST_TOKENS, stream=True, ignore_eos=True)
     headers = {"X-Forwarded-For": "client-c"}
     with httpx.stream(
         "POST", f"{base_url}/v1/chat/completions", json=big, headers=headers, timeout=120
     ) as running:
         assert running.status_code == 200
-        next(running.iter_lines())  # the first request runs and holds its 600+ tokens
-        refused = post(base_url, chat(model, max_tokens=600), "client-c")
+        next(running.iter_lines())  # the first request runs and holds its 900+ tokens
+        refused = post(base_url, chat(model, max_tokens=BIG_REQUEST_TOKENS), "client-c")
     assert refused.status_code == 429
     assert refused.json()["error"]["type"] == "tokens"
-    assert int(refused.headers["x-ratelimit-remaining-tokens"]) < 600
+    assert int(refused.headers["x-ratelimit-remaining-tokens"]) < BIG_REQUEST_TOKENS
