@@ -5,7 +5,8 @@ A figure is marked by an HTML comment right after it (and its unit), invisible o
 
     198 tok/s <!-- result: benchmarks/results/<run>/sweep.json#/bare/levels/0/output_throughput -->
 
-After `#` comes a JSON pointer (RFC 6901) into the file. A page may name a file once,
+After `#` comes a JSON pointer (RFC 6901) into the file, in its URI-fragment form (a space in
+a key is `%20`). A page may name a file once,
 `<!-- result-file run5: benchmarks/results/.../sweep.json -->`, and then mark its figures
 `<!-- result: run5#/... -->`. The printed number must equal the value rounded half-up to the
 decimals printed; spaces group thousands (`6 037`), and a figure printed with `%` is the
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from functools import cache
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 
@@ -81,9 +83,9 @@ def load(result: Path) -> object:
 
 
 def resolve(document: object, pointer: str) -> object:
-    """The value a JSON pointer names (`~1` is `/`, `~0` is `~`)."""
+    """The value a JSON pointer names (percent-decoded, then `~1` is `/`, `~0` is `~`)."""
     for token in pointer.split("/")[1:]:
-        token = token.replace("~1", "/").replace("~0", "~")
+        token = unquote(token).replace("~1", "/").replace("~0", "~")
         document = document[int(token)] if isinstance(document, list) else document[token]
     return document
 
@@ -115,3 +117,9 @@ def test_every_marked_figure_equals_its_result_as_printed(figure: Figure) -> Non
     assert as_printed(scaled, figure.printed) == Decimal(figure.printed), (
         f"{figure}: printed {figure.printed}{figure.unit}, the result says {value}"
     )
+
+
+def test_a_pointer_names_keys_with_spaces_percent_encoded_and_escapes_slashes() -> None:
+    document = {"engine hung (SIGSTOP)": [{"after_s": 1.5}], "a/b": 2}
+    assert resolve(document, "/engine%20hung%20(SIGSTOP)/0/after_s") == 1.5
+    assert resolve(document, "/a~1b") == 2
