@@ -4,10 +4,13 @@ request-router API (`request_router_config`).
 Every handle to the deployment (one per ingress replica) has a router of its own. For a
 `generate` call it ranks the replicas with `serve_app.routing.cache_aware` from the request's
 rendered prompt tokens and session, and the loads Serve's router already tracks (requests sent
-and not finished, corrected by the replicas' own answers); Serve then tries the ranks in turn,
-skipping a replica that is full. Other calls (engine config, model info) go to the least busy.
+and not finished, corrected by the replicas' own answers) plus the requests this router ranked
+and Serve has not routed yet; Serve then tries the ranks in turn, skipping a replica that is
+full. Other calls (engine config, model info) go to the least busy.
 """
 
+import time
+from collections import Counter
 from typing import Any
 
 from ray.serve.config import RequestRouterConfig
@@ -17,6 +20,10 @@ from serve_app.core.config import Accelerator, AppConfig
 from serve_app.routing.cache_aware import CacheAwarePolicy, Candidate, RoutingKey
 from serve_app.vllm_compat import EngineRequest, default_block_size
 
+# A ranked request Serve has not routed after this long was cancelled (or waits for a full
+# replica): it stops counting as load on the replica it was ranked first on.
+UNROUTED_TTL_S = 30.0
+
 
 class CacheAwareRouter(RequestRouter):
     """Sends each request where its prompt's prefix is cached, unless that replica is too busy."""
@@ -24,6 +31,12 @@ class CacheAwareRouter(RequestRouter):
     def initialize_state(self, **policy: int) -> None:
         """`policy`: `request_router_config`'s kwargs, the policy's arguments."""
         self._policy = CacheAwarePolicy(**policy)
+        # Requests ranked and not routed yet, by internal request id: the replica ranked first
+        # and when. Serve ranks the requests waiting at once in tasks of its own, before any
+        # is sent and counted in its loads: without these, a burst of one prefix all went to
+        # the replica of the prefix's rendezvous hash.
+        self._unrouted: dict[str, tuple[str, float]] = {}
+        self._unrouted_load: Counter[str] = Counter()
 
     async def choose_replicas(
         self,
@@ -32,15 +45,25 @@ class CacheAwareRouter(RequestRouter):
     ) -> list[list[RunningReplica]]:
         if pending_request is not None:
             # Every rank below offers all the candidates: once Serve has tried them all, it
-            # must back off before asking again (without this it asks again at once, and a
-            # full or slow replica spins the router's thread: seen in CI at 42% of a core).
+            # must back off before asking again (without this it asks again at once, without
+            # a pause, while every replica is full).
             pending_request.routing_context.should_backoff = True
         key = self._key(pending_request)
         if key is None:
             return [candidate_replicas]
         by_id = {replica.replica_id.unique_id: replica for replica in candidate_replicas}
-        loads = [Candidate(replica_id, self._load(r)) for replica_id, r in by_id.items()]
-        return [[by_id[replica_id]] for replica_id in self._policy.rank(loads, key)]
+        self._expire_unrouted()
+        request_id = pending_request.metadata.internal_request_id
+        own = self._unrouted.get(request_id, (None, 0.0))[0]  # ranked before: its own count
+        loads = [
+            Candidate(
+                replica_id, self._load(r) + self._unrouted_load[replica_id] - (replica_id == own)
+            )
+            for replica_id, r in by_id.items()
+        ]
+        ranked = self._policy.rank(loads, key)
+        self._note_unrouted(request_id, ranked[0])
+        return [[by_id[replica_id]] for replica_id in ranked]
 
     def on_request_routed(
         self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any
@@ -48,6 +71,23 @@ class CacheAwareRouter(RequestRouter):
         key = self._key(pending_request)
         if key is not None:
             self._policy.routed(replica_id.unique_id, key)
+            self._forget_unrouted(pending_request.metadata.internal_request_id)
+
+    def _note_unrouted(self, request_id: str, replica_id: str) -> None:
+        self._forget_unrouted(request_id)
+        self._unrouted[request_id] = (replica_id, time.monotonic())
+        self._unrouted_load[replica_id] += 1
+
+    def _forget_unrouted(self, request_id: str) -> None:
+        if (entry := self._unrouted.pop(request_id, None)) is not None:
+            self._unrouted_load[entry[0]] -= 1
+            if self._unrouted_load[entry[0]] <= 0:
+                del self._unrouted_load[entry[0]]
+
+    def _expire_unrouted(self) -> None:
+        oldest = time.monotonic() - UNROUTED_TTL_S
+        for request_id in [r for r, (_, at) in self._unrouted.items() if at < oldest]:
+            self._forget_unrouted(request_id)
 
     def update_replicas(self, replicas: list[RunningReplica]) -> None:
         gone = set(self.curr_replicas) - {replica.replica_id for replica in replicas}

@@ -148,13 +148,12 @@ def test_the_cache_aware_router_cuts_prompts_like_the_engines_cache(
     }
 
 
-def test_after_offering_every_replica_the_router_lets_serve_back_off():
-    """As Serve's own locality and multiplex mixins do: without it Serve asks again at once,
-    without a pause, while every replica is full or slow to answer."""
+def serve_router(cost: int = 64) -> tuple[CacheAwareRouter, list[Any]]:
+    """The router as Serve would hold it, over replicas "a" and "b", with no load known."""
     router = CacheAwareRouter.__new__(CacheAwareRouter)  # Serve's constructor needs a cluster
     router.initialize_state(
         block_tokens=BLOCK,
-        queued_request_cost_tokens=64,
+        queued_request_cost_tokens=cost,
         max_blocks_per_replica=1_000,
         max_sessions=10,
     )
@@ -164,13 +163,48 @@ def test_after_offering_every_replica_the_router_lets_serve_back_off():
         SimpleNamespace(replica_id=ReplicaID(unique_id=name, deployment_id=deployment))
         for name in ("a", "b")
     ]
-    request = engine_request({"prompt_token_ids": prompt(5)}, SamplingParams(), "r", {})
+    return router, replicas
+
+
+def pending(request_id: str, tokens: list[int]) -> PendingRequest:
+    """A generate call waiting for a replica (make it on a running loop: it holds a future)."""
+    request = engine_request({"prompt_token_ids": tokens}, SamplingParams(), request_id, {})
+    return PendingRequest(
+        args=[request], kwargs={}, metadata=RequestMetadata(request_id, request_id)
+    )
+
+
+def test_after_offering_every_replica_the_router_lets_serve_back_off():
+    """As Serve's own locality and multiplex mixins do: without it Serve asks again at once,
+    without a pause, while every replica is full or slow to answer."""
+    router, replicas = serve_router()
 
     async def choose() -> tuple[list[list[Any]], PendingRequest]:
-        # A PendingRequest makes its future on the running loop.
-        pending = PendingRequest(args=[request], kwargs={}, metadata=RequestMetadata("r", "r"))
-        return await router.choose_replicas(replicas, pending), pending
+        waiting = pending("r", prompt(5))
+        return await router.choose_replicas(replicas, waiting), waiting
 
-    ranks, pending = asyncio.run(choose())
+    ranks, waiting = asyncio.run(choose())
     assert sorted(rank[0].replica_id.unique_id for rank in ranks) == ["a", "b"]
-    assert pending.routing_context.should_backoff
+    assert waiting.routing_context.should_backoff
+
+
+def test_a_burst_of_one_prefix_ranked_before_any_is_routed_spreads_then_keeps_affinity():
+    """Serve ranks the requests waiting at once before it sends any (and so before its loads
+    count them): each ranked request counts on its first choice until it is routed."""
+    router, replicas = serve_router(cost=512)
+
+    async def burst() -> list[str]:
+        waiting = [pending(f"r{i}", prompt(5, tail=i)) for i in range(4)]
+        firsts = [(await router.choose_replicas(replicas, w))[0][0] for w in waiting]
+        # Serve asks again for a request it could not place yet: it does not count twice.
+        again = (await router.choose_replicas(replicas, waiting[0]))[0][0]
+        assert again is firsts[0]
+        for request, replica in zip(waiting, firsts, strict=True):
+            router.on_request_routed(request, replica.replica_id, None)
+        later = await router.choose_replicas(replicas, pending("r9", prompt(5, tail=9)))
+        return [r.replica_id.unique_id for r in [*firsts, later[0][0]]]
+
+    *firsts, later = asyncio.run(burst())
+    assert Counter(firsts) == {"a": 2, "b": 2}
+    assert list(router._unrouted) == ["r9"]  # the four routed ones count no more
+    assert later in firsts  # both hold the prefix now; the loads decide
