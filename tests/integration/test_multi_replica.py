@@ -23,6 +23,7 @@ from ray.serve.schema import ServeDeploySchema
 from serve_app.core.constants import INGRESS_DEPLOYMENT, LLM_SERVER_DEPLOYMENT
 from serve_app.runtime.runner import deploy
 from serve_app.runtime.serve_config import derive
+from tests.integration.exported import EXPORT_INTERVAL_S
 from tests.integration.figures import Figures
 
 pytestmark = pytest.mark.integration
@@ -180,13 +181,26 @@ def replica_requests(http: httpx.Client) -> dict[str, float]:
     return counts
 
 
+def settled_replica_requests(http: httpx.Client) -> dict[str, float]:
+    """`replica_requests` once two reads a metrics export apart agree: the earlier tests'
+    requests are all counted (a snapshot taken too soon counted them as this test's: 9 of 6)."""
+    deadline = time.monotonic() + METRICS_S
+    counts = replica_requests(http)
+    while time.monotonic() < deadline:
+        time.sleep(EXPORT_INTERVAL_S)
+        if (latest := replica_requests(http)) == counts:
+            return counts
+        counts = latest
+    raise AssertionError(f"the replicas' request counts kept changing: {counts}")
+
+
 def test_requests_sharing_a_prefix_at_once_spread_over_both_replicas(
     two_replicas: str, client: openai.OpenAI, model: str, http: httpx.Client
 ) -> None:
     """A request already running on the prefix's replica outweighs its 384 cached tokens
     (queued_request_cost_tokens 512): six at once do not all queue on one replica."""
     shared = prefix(seed=2)
-    before = replica_requests(http)
+    before = settled_replica_requests(http)
     with ThreadPoolExecutor(6) as pool:
         list(pool.map(lambda i: cached_tokens(client, model, shared + [9 + i] * 20, 32), range(6)))
     deadline = time.monotonic() + METRICS_S
