@@ -36,7 +36,6 @@ class CacheAwareRouter(RequestRouter):
         # is sent and counted in its loads: without these, a burst of one prefix all went to
         # the replica of the prefix's rendezvous hash.
         self._unrouted: dict[str, tuple[str, float]] = {}
-        self._unrouted_load: Counter[str] = Counter()
 
     async def choose_replicas(
         self,
@@ -52,17 +51,13 @@ class CacheAwareRouter(RequestRouter):
         if key is None:
             return [candidate_replicas]
         by_id = {replica.replica_id.unique_id: replica for replica in candidate_replicas}
-        self._expire_unrouted()
         request_id = pending_request.metadata.internal_request_id
-        own = self._unrouted.get(request_id, (None, 0.0))[0]  # ranked before: its own count
-        loads = [
-            Candidate(
-                replica_id, self._load(r) + self._unrouted_load[replica_id] - (replica_id == own)
-            )
-            for replica_id, r in by_id.items()
-        ]
+        oldest = time.monotonic() - UNROUTED_TTL_S
+        self._unrouted = {r: entry for r, entry in self._unrouted.items() if entry[1] >= oldest}
+        others = Counter(first for r, (first, _) in self._unrouted.items() if r != request_id)
+        loads = [Candidate(rid, self._load(r) + others[rid]) for rid, r in by_id.items()]
         ranked = self._policy.rank(loads, key)
-        self._note_unrouted(request_id, ranked[0])
+        self._unrouted[request_id] = (ranked[0], time.monotonic())
         return [[by_id[replica_id]] for replica_id in ranked]
 
     def on_request_routed(
@@ -71,23 +66,7 @@ class CacheAwareRouter(RequestRouter):
         key = self._key(pending_request)
         if key is not None:
             self._policy.routed(replica_id.unique_id, key)
-            self._forget_unrouted(pending_request.metadata.internal_request_id)
-
-    def _note_unrouted(self, request_id: str, replica_id: str) -> None:
-        self._forget_unrouted(request_id)
-        self._unrouted[request_id] = (replica_id, time.monotonic())
-        self._unrouted_load[replica_id] += 1
-
-    def _forget_unrouted(self, request_id: str) -> None:
-        if (entry := self._unrouted.pop(request_id, None)) is not None:
-            self._unrouted_load[entry[0]] -= 1
-            if self._unrouted_load[entry[0]] <= 0:
-                del self._unrouted_load[entry[0]]
-
-    def _expire_unrouted(self) -> None:
-        oldest = time.monotonic() - UNROUTED_TTL_S
-        for request_id in [r for r, (_, at) in self._unrouted.items() if at < oldest]:
-            self._forget_unrouted(request_id)
+            self._unrouted.pop(pending_request.metadata.internal_request_id, None)
 
     def update_replicas(self, replicas: list[RunningReplica]) -> None:
         gone = set(self.curr_replicas) - {replica.replica_id for replica in replicas}
